@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import CODE_VERSION, BuildConfig, DataOptions
+from .config import CODE_VERSION, BuildConfig
 from .data import Corpus, check_columns, load_corpus, tokenize_rows
 from .errors import ConfigError
 from .extract import compute_gradients, tracked_modules
@@ -44,16 +44,16 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def check_data_columns(corpus: Corpus, opts: DataOptions, text_col=None, prompt_col=None, comp_col=None) -> None:
-    prompt = prompt_col if prompt_col is not None else opts.prompt_column
-    comp = comp_col if comp_col is not None else opts.completion_column
-    if (prompt is None) != (comp is None):
+def check_data_columns(corpus: Corpus, text: str, prompt: str | None, completion: str | None,
+                       id_column: str | None = None) -> None:
+    """Refuse a corpus that lacks the columns the options name."""
+    if (prompt is None) != (completion is None):
         raise ConfigError("give both --prompt-column and --completion-column, or neither")
     if prompt is None:
-        check_columns(corpus, text_col or opts.text_column)
+        check_columns(corpus, text)
     else:
-        check_columns(corpus, prompt, comp)
-    check_columns(corpus, opts.id_column)
+        check_columns(corpus, prompt, completion)
+    check_columns(corpus, id_column)
 
 
 @dataclass
@@ -75,7 +75,7 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {cfg.device} asked for but CUDA is not available: use --device cpu")
     corpus = open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
-    check_data_columns(corpus, cfg)
+    check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column)
     loaded = load_model(cfg)
     modules = tracked_modules(loaded, cfg)
     meta = {

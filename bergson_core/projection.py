@@ -34,5 +34,8 @@ def _cpu_matrix(name: str, side: str, rows: int, cols: int, kind: str, seed: int
 def projection_matrix(
     name: str, side: str, p: int, n: int, kind: str, seed: int, device=None, dtype=torch.float32
 ) -> torch.Tensor:
-    """The p x n matrix for one module side ('in' or 'out'); identical across devices."""
-    return _cpu_matrix(name, side, p, n, kind, seed).to(device=device, dtype=dtype)
+    """The p x n matrix for one module side ('in' or 'out'); identical across devices.
+
+    Always a fresh tensor: the cached CPU matrix is never handed out, so a caller scaling its
+    copy in place cannot change what later callers regenerate."""
+    return _cpu_matrix(name, side, p, n, kind, seed).to(device=device, dtype=dtype, copy=True)

@@ -46,7 +46,7 @@ def query_gradients(meta: dict, cfg: ScoreConfig) -> QueryGradients:
     text_col = cfg.query_text_column or bcfg.text_column
     prompt_col = cfg.query_prompt_column or bcfg.prompt_column
     comp_col = cfg.query_completion_column or bcfg.completion_column
-    check_data_columns(queries, bcfg, text_col, prompt_col, comp_col)
+    check_data_columns(queries, text_col, prompt_col, comp_col)
     loaded = load_model(bcfg)
     modules = tracked_modules(loaded, bcfg)
     if [m.to_json() for m in modules] != meta["modules"]:

@@ -135,26 +135,8 @@ class Index:
         extra: dict | None = None,
     ) -> dict:
         """Write shard i (rows start..start+n) then its manifest; return the manifest."""
-        n, width = grads.shape
-        values = grads.astype(np.float16 if dtype == "float16" else np.float32)
-        if not np.isfinite(values).all():
-            hint = " (float16 overflow: rebuild with --grad-dtype float32)" if np.isfinite(grads).all() else ""
-            raise StoreError(f"shard {i} has non-finite gradients{hint}")
-        schema = grad_schema(width, dtype)
-        flat = pa.array(values.reshape(-1), type=ARROW_DTYPES[dtype])
-        table = pa.table(
-            [
-                pa.array(np.arange(start, start + n, dtype=np.int64)),
-                pa.array(doc_ids, type=pa.string()),
-                pa.array(np.asarray(num_tokens, dtype=np.int32)),
-                pa.FixedSizeListArray.from_arrays(flat, width),
-            ],
-            schema=schema,
-        )
-        sink = pa.BufferOutputStream()
-        with ipc.new_file(sink, schema) as writer:
-            writer.write_table(table)
-        data = sink.getvalue().to_pybytes()
+        data, schema = encode_grads(start, doc_ids, num_tokens, grads, dtype, what=f"shard {i}")
+        n = grads.shape[0]
         fsu.write_bytes(self.fs, self.shard_path(i), data)
         manifest = {
             "shard": i,
@@ -218,6 +200,39 @@ class Index:
     def iter_shards(self) -> Iterator[tuple[dict, pa.Table]]:
         for m in self.manifests():
             yield m, self.open_shard(m["shard"], m)
+
+
+def encode_grads(
+    start: int, doc_ids: list[str], num_tokens: list[int], grads: np.ndarray, dtype: str, what: str = "gradients"
+) -> tuple[bytes, pa.Schema]:
+    """Rows [n, D] as the bytes of an uncompressed Arrow IPC file with the gradient schema."""
+    n, width = grads.shape
+    values = grads.astype(np.float16 if dtype == "float16" else np.float32)
+    if not np.isfinite(values).all():
+        hint = " (float16 overflow: rebuild with --grad-dtype float32)" if np.isfinite(grads).all() else ""
+        raise StoreError(f"{what} has non-finite gradients{hint}")
+    schema = grad_schema(width, dtype)
+    flat = pa.array(values.reshape(-1), type=ARROW_DTYPES[dtype])
+    table = pa.table(
+        [
+            pa.array(np.arange(start, start + n, dtype=np.int64)),
+            pa.array(doc_ids, type=pa.string()),
+            pa.array(np.asarray(num_tokens, dtype=np.int32)),
+            pa.FixedSizeListArray.from_arrays(flat, width),
+        ],
+        schema=schema,
+    )
+    sink = pa.BufferOutputStream()
+    with ipc.new_file(sink, schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes(), schema
+
+
+def read_grads(url: str, storage_options: dict | None = None) -> pa.Table:
+    """Read a whole gradient file (e.g. query gradients) written with encode_grads."""
+    fs, path = fsu.url_to_fs(url, storage_options)
+    with fs.open(path, "rb") as f:
+        return ipc.open_file(pa.BufferReader(f.read())).read_all()
 
 
 def grad_matrix(table: pa.Table) -> np.ndarray:

@@ -1,0 +1,82 @@
+"""Recipe: build a gradient index.
+
+plan the shards -> extract every missing shard (fan-out, tag gpu) -> check all shards exist ->
+summary artifact. Finished shards are skipped, so a rerun after a crash only does what is missing.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, unmapped
+from prefect.futures import as_completed
+
+from bergson_core.config import BuildConfig
+from bergson_core.errors import StoreError
+from tasks import artifacts, progress
+from tasks.build import extract_shard, plan_index
+
+
+@flow(name="build-index", log_prints=True)
+def build_index(config: BuildConfig) -> dict:
+    t0 = time.perf_counter()
+    plan = plan_index(config)
+    todo = plan["missing"]
+    key = artifacts.artifact_key("build", plan["meta"]["spec_hash"])
+    tracker = artifacts.Progress(key + "-progress", len(todo), f"Shards of {config.index}")
+    progress.start(sum(stop - start for _, start, stop in todo), "extracting", config.progress)
+    try:
+        results = _extract(config, todo, tracker)
+        # a cached result whose shard was deleted since: redo it without the cache
+        lost = [s for s in plan["shards"] if not _exists(config, s[0])]
+        if lost:
+            results += _extract(config, lost, tracker, refresh=True)
+    finally:
+        progress.close()
+    if any(not _exists(config, s[0]) for s in plan["shards"]):
+        raise StoreError(f"index {config.index} is still incomplete after the build: rerun `bergson build`")
+    summary = _summary(config, plan, results, time.perf_counter() - t0)
+    artifacts.markdown(key + "-summary", summary["markdown"], f"Build of {config.index}")
+    return {k: v for k, v in summary.items() if k != "markdown"}
+
+
+def _extract(config: BuildConfig, shards, tracker, refresh: bool = False) -> list[dict]:
+    if not shards:
+        return []
+    task = extract_shard.with_options(refresh_cache=True) if refresh else extract_shard
+    ids, starts, stops = zip(*shards)
+    futures = task.map(unmapped(config), shard=list(ids), start=list(starts), stop=list(stops))
+    results = []
+    for fut in as_completed(futures):
+        results.append(fut.result())
+        tracker.step()
+    return results
+
+
+def _exists(config: BuildConfig, shard: int) -> bool:
+    from bergson_core.store import Index
+
+    return Index(config.index, config.storage_options).has_shard(shard)
+
+
+def _summary(config: BuildConfig, plan: dict, results: list[dict], seconds: float) -> dict:
+    computed = [r for r in results if not r.get("skipped")]
+    tokens = sum(r.get("tokens", 0) for r in computed)
+    busy = sum(r.get("seconds", 0.0) for r in computed)
+    out = {
+        "index": config.index,
+        "spec_hash": plan["meta"]["spec_hash"],
+        "documents": plan["meta"]["dataset"]["rows"],
+        "shards": len(plan["shards"]),
+        "shards_computed": len(computed),
+        "shards_skipped": len(plan["shards"]) - len(computed),
+        "tokens": tokens,
+        "bytes": sum(r.get("bytes", 0) for r in computed),
+        "empty_documents": sum(r.get("empty_documents", 0) for r in computed),
+        "tokens_per_second": tokens / busy if busy else 0.0,
+        "seconds": seconds,
+    }
+    rows = "\n".join(f"| {k.replace('_', ' ')} | {v:,.1f} |" if isinstance(v, float) else f"| {k.replace('_', ' ')} | {v} |"
+                     for k, v in out.items())
+    out["markdown"] = f"# Gradient index build\n\n| what | value |\n|---|---|\n{rows}\n"
+    return out

@@ -1,0 +1,29 @@
+"""Recipe: score queries against an index.
+
+query gradients with the index's spec -> streaming top-k over the shards -> Parquet + table artifact.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from bergson_core.config import ScoreConfig
+from tasks import artifacts
+from tasks.score import query_gradients, score_shards
+
+
+@flow(name="score-index", log_prints=True)
+def score(config: ScoreConfig) -> dict:
+    qman = query_gradients(config)
+    result = score_shards(config)
+    key = artifacts.artifact_key("topk", qman["key"]["index_spec_hash"], _stem(config.queries))
+    shown = [{k: r[k] for k in ("query_index", "rank", "doc_index", "score", "doc_id", "text")}
+             for r in result["rows"][:1000]]
+    artifacts.table(key, shown, f"Top-{config.top_k} documents per query ({config.metric}) -> {result['output']}")
+    return result
+
+
+def _stem(path: str) -> str:
+    import os
+
+    return os.path.splitext(os.path.basename(path.rstrip("/")))[0]

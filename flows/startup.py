@@ -1,0 +1,87 @@
+"""Hide the orchestration start-up behind model loading.
+
+The embedded Prefect API takes several seconds to start, and so does importing torch and loading a
+model. The CLI runs them side by side: a background thread validates the inputs and loads the model
+and corpus into the per-process caches of bergson_core, while the main thread starts Prefect. The
+flow's tasks then find everything loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Callable
+
+
+class Background:
+    """Run fn in a daemon thread; result() returns its value or re-raises its exception."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn):
+        try:
+            self._value = fn()
+        except BaseException as e:  # handed to the caller
+            self._error = e
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def quiet_prefect(verbose: bool) -> None:
+    """Keep the terminal for progress bars and results unless --verbose; never show a traceback
+    for a user error raised inside a task."""
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the first start creates the database; on 2 busy cores that can exceed Prefect's 20 s default
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    home = os.environ.get("PREFECT_HOME")
+    if home:  # the embedded API's database lives here; sqlite will not create the folder
+        os.makedirs(os.path.expanduser(home), exist_ok=True)
+
+
+USER_ERRORS = ("UserError", "ConfigError", "InputError", "StoreError")
+
+
+class DropUserErrors(logging.Filter):
+    """The CLI prints a user error as one line; drop Prefect's copies (with tracebacks)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from bergson_core.errors import UserError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UserError):
+            return False
+        return not any(name in record.getMessage() for name in USER_ERRORS)
+
+
+def _filter_prefect_logs() -> None:
+    flt = DropUserErrors()
+    loggers = [logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict) if n.startswith("prefect")]
+    for logger in [logging.getLogger("prefect"), *loggers]:
+        logger.addFilter(flt)
+        for handler in logger.handlers:
+            handler.addFilter(flt)
+
+
+def start_prefect() -> None:
+    """Start the embedded API now (no-op when PREFECT_API_URL points at a server)."""
+    import prefect  # noqa: F401  (import cost is part of what we overlap)
+    from prefect.settings import PREFECT_API_URL
+
+    _filter_prefect_logs()
+    if PREFECT_API_URL.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    SubprocessASGIServer().start()

@@ -1,0 +1,42 @@
+"""Tasks of the build flow: plan the shards, extract one shard."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from bergson_core.build import build_shard, prepare_build
+from bergson_core.config import BuildConfig
+
+from . import progress
+from .policy import RETRIES, RETRY_DELAYS, cache_key, retry_transient
+
+
+@task(name="plan-index", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
+def plan_index(config: BuildConfig) -> dict:
+    """Validate inputs, write or check index.json, and list the shards still missing."""
+    plan = prepare_build(config)
+    return {
+        "meta": {k: plan.meta[k] for k in ("spec_hash", "row_width", "num_shards", "dataset", "grad_dtype")},
+        "shards": plan.shards,
+        "missing": plan.missing(),
+    }
+
+
+def _extract_key(context, parameters) -> str:
+    cfg: BuildConfig = parameters["config"]
+    return cache_key("extract", cfg.spec_hash(), cfg.index, parameters["shard"])
+
+
+@task(
+    name="extract-shard",
+    tags=["gpu"],
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=retry_transient,
+    cache_key_fn=_extract_key,
+    persist_result=True,
+    result_serializer="json",
+)
+def extract_shard(config: BuildConfig, shard: int, start: int, stop: int) -> dict:
+    """Per-document gradients of rows [start, stop) written as one Arrow shard + manifest."""
+    return build_shard(config, shard, start, stop, on_batch=progress.advance)

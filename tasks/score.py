@@ -1,0 +1,24 @@
+"""Tasks of the score flow: query gradients, then streaming top-k over the shards."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from bergson_core.config import ScoreConfig
+from bergson_core.score_run import ensure_query_gradients, run_topk
+
+from .policy import RETRIES, RETRY_DELAYS, retry_transient
+
+
+@task(name="query-gradients", tags=["gpu"], retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def query_gradients(config: ScoreConfig) -> dict:
+    """Gradients of the queries with the index's spec (reused when already written)."""
+    manifest = ensure_query_gradients(config)
+    return {k: v for k, v in manifest.items() if k != "texts"}
+
+
+@task(name="score-shards", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
+def score_shards(config: ScoreConfig, transform=None) -> dict:
+    """Stream every shard in blocks, keep the top-k per query, write topk.parquet."""
+    return run_topk(config, transform=transform)
