@@ -236,7 +236,9 @@ def read_grads(url: str, storage_options: dict | None = None) -> pa.Table:
 
 
 def grad_matrix(table: pa.Table) -> np.ndarray:
-    """Zero-copy [rows, D] view of the shard's gradient column."""
-    col = table.column("grad").combine_chunks()
-    width = col.type.list_size
-    return col.values.to_numpy(zero_copy_only=False).reshape(-1, width)
+    """Zero-copy [rows, D] view of the shard's gradient column (a copy only when it has several
+    chunks: combine_chunks copies even a single chunk, and .values would ignore a slice offset)."""
+    col = table.column("grad")
+    arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    width = arr.type.list_size
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
