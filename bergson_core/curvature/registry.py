@@ -1,0 +1,139 @@
+"""Preconditioner strategies that register themselves, the `Fit` they produce, and the two front
+doors: `fit_preconditioner` (reduced statistics -> Fit) and `apply_preconditioner` (Fit, rows ->
+preconditioned rows)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, UserError
+from .options import ApplyOptions, FitOptions
+from .space import Block, Space, block_view, row_width
+from .stats import StatisticError, Stats, key
+
+STRATEGIES: dict[str, "Strategy"] = {}
+
+
+@dataclass
+class Fit:
+    """A fitted preconditioner: float64 factors per module, in one gradient space."""
+
+    strategy: str
+    space: Space
+    blocks: list[Block]
+    tensors: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)
+
+    def tensor(self, module: str, factor: str) -> torch.Tensor:
+        return self.tensors[key(module, factor)]
+
+    def fingerprint(self) -> str:
+        """sha256 over strategy, space, layout and factor bytes: names this exact fit."""
+        head = [self.strategy, self.space.to_json(), [b.to_json() for b in self.blocks]]
+        h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+        for k in sorted(self.tensors):
+            h.update(k.encode())
+            h.update(self.tensors[k].contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+class Strategy:
+    """A preconditioner family. Subclasses declare `name` and `needs` (statistic kinds), and
+    implement `fit` and `apply_block`; defining the class registers it."""
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[tuple[str, ...]] = ()
+    optional: ClassVar[tuple[str, ...]] = ()
+    needs_base: ClassVar[str | None] = None  # e.g. "kfac": EK-FAC reuses a KFAC eigenbasis
+    help: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.name:
+            STRATEGIES[cls.name] = cls()
+
+    def fit(self, stats: dict[str, Stats], opts: FitOptions, base: Fit | None,
+            layout: tuple[Space, list[Block]] | None) -> Fit:
+        raise NotImplementedError
+
+    def apply_block(self, fit: Fit, block: Block, g: torch.Tensor, opts: ApplyOptions) -> torch.Tensor:
+        """Precondition one module's gradients g [N, O', I'] (float64)."""
+        raise NotImplementedError
+
+
+def get_strategy(name: str) -> Strategy:
+    from . import autocorr, diagonal, ekfac, identity, kfac  # noqa: F401  (importing registers them)
+
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown preconditioner {name!r}: choose one of {', '.join(sorted(STRATEGIES))}")
+    return STRATEGIES[name]
+
+
+def layout_of(stats: Stats) -> tuple[Space, list[Block]]:
+    return Space(**stats.meta["space"]), [Block(**b) for b in stats.meta["blocks"]]
+
+
+def fit_preconditioner(
+    name: str,
+    stats: dict[str, Stats],
+    opts: FitOptions | None = None,
+    base: Fit | None = None,
+    layout: tuple[Space, list[Block]] | None = None,
+) -> Fit:
+    """Fit strategy `name` from reduced statistics keyed by kind (e.g. {"kfac": total}); `base`
+    is the KFAC fit EK-FAC builds on; `layout` (space, blocks) is only needed by "identity".
+
+    Refuses missing or non-finite statistics and statistics from different spaces."""
+    strategy = get_strategy(name)
+    missing = [k for k in strategy.needs if k not in stats]
+    if missing:
+        raise ConfigError(f"preconditioner {name} needs {', '.join(missing)} statistics: compute them first")
+    if strategy.needs_base and (base is None or base.strategy != strategy.needs_base):
+        raise ConfigError(f"preconditioner {name} needs a fitted {strategy.needs_base} preconditioner as its base")
+    spaces = set()
+    for kind, s in stats.items():
+        s.check_finite()
+        for c, n in s.counts.items():
+            if n <= 0:
+                raise StatisticError(f"{kind} statistics count no {c}: the shards had no documents with loss")
+        spaces.add(json.dumps(s.meta.get("space"), sort_keys=True))
+    if len(spaces) > 1:
+        raise StatisticError(f"statistics for {name} come from different gradient spaces: recompute them alike")
+    fit = strategy.fit(stats, opts or FitOptions(), base, layout)
+    for k, t in fit.tensors.items():
+        if not torch.isfinite(t).all():
+            raise StatisticError(f"fitting {name} gave non-finite factor {k}: check the statistics")
+    return fit
+
+
+def apply_preconditioner(fit: Fit, grads, opts: ApplyOptions | None = None, space: Space | None = None):
+    """Precondition gradient rows [N, D] laid out as `fit.blocks` (numpy or torch; same type and
+    dtype back). With `space`, first check that the rows come from the fit's space."""
+    opts = opts or ApplyOptions()
+    if space is not None:
+        fit.space.check(space, f"preconditioner {fit.strategy}")
+    as_numpy = isinstance(grads, np.ndarray)
+    x = torch.from_numpy(np.ascontiguousarray(grads)) if as_numpy else grads
+    if x.ndim != 2 or x.shape[1] != row_width(fit.blocks):
+        raise UserError(
+            f"gradients have shape {tuple(x.shape)} but preconditioner {fit.strategy} expects rows of "
+            f"{row_width(fit.blocks)} numbers ({fit.space.describe()}): use gradients of the same index/spec"
+        )
+    strategy = get_strategy(fit.strategy)
+    x64 = x.to(torch.float64)
+    out = torch.empty_like(x64)
+    for b in fit.blocks:
+        res = strategy.apply_block(fit, b, block_view(x64, b), opts)  # [N, O', I']
+        if not torch.isfinite(res).all():
+            raise UserError(
+                f"preconditioner {fit.strategy} gave non-finite values for module {b.name}: raise the damping"
+            )
+        out[:, b.offset : b.offset + b.width] = res.reshape(res.shape[0], -1)
+    out = out.to(x.dtype)
+    return out.numpy() if as_numpy else out
