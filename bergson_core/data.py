@@ -96,6 +96,8 @@ def load_corpus(uri: str, split: str = "train", storage_options: dict | None = N
             ds = datasets.load_from_disk(uri)
         except (FileNotFoundError, ValueError) as e:
             raise InputError(f"{uri!r} is not a dataset saved with save_to_disk: {e}") from e
+        except IndexError as e:  # datasets fails this way on a saved dataset with no shards (0 rows)
+            raise InputError(f"dataset {uri!r} has no data files (an empty dataset?): give at least one row") from e
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
                 raise InputError(f"split {split!r} not in {uri!r} (splits: {', '.join(ds)}): pass --split")
