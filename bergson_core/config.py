@@ -81,7 +81,7 @@ class RunOptions(_Options):
     progress: bool = Field(True, description="Show progress bars in the terminal.")
 
 
-class BuildConfig(ModelOptions, DataOptions, GradientOptions, RunOptions):
+class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):
     """`bergson build`: compute and store per-document gradients of a corpus."""
 
     index: str = Field(..., description="Index folder: a local path or an s3:// URL.")
@@ -100,7 +100,7 @@ class BuildConfig(ModelOptions, DataOptions, GradientOptions, RunOptions):
         return spec_hash(self.spec())
 
 
-class ScoreConfig(ModelOptions, RunOptions):
+class ScoreConfig(RunOptions, ModelOptions):
     """`bergson score`: score queries against a built index and keep the top documents."""
 
     index: str = Field(..., description="Index folder built by `bergson build` (local path or s3://).")

@@ -31,7 +31,6 @@ TEMPLATES = [
     "he said the {a} is better than the {b} .",
     "nobody expected the {a} to help the {b} .",
 ]
-QUERY_TEMPLATE = "a story about the {a} and the {b} ."
 
 
 def _sentence(rng: random.Random, words: list[str], template: str) -> str:
@@ -48,11 +47,12 @@ def make_corpus(docs_per_topic: int = 40, seed: int = 0) -> tuple[list[dict], li
             text = " ".join(_sentence(rng, words, rng.choice(TEMPLATES)) for _ in range(rng.randint(2, 4)))
             docs.append({"id": f"{topic}-{j:03d}", "topic": topic, "text": text})
     rng.shuffle(docs)
-    queries = [{"topic": t, "text": _sentence(rng, w, QUERY_TEMPLATE)} for t, w in TOPICS.items()]
+    # queries are new sentences in the corpus' own style: only the topic words carry information
+    queries = [{"topic": t, "text": _sentence(rng, w, rng.choice(TEMPLATES))} for t, w in TOPICS.items()]
     return docs, queries
 
 
-def train_tiny(model, tokenizer, texts: list[str], steps: int = 150, batch: int = 16, lr: float = 3e-3,
+def train_tiny(model, tokenizer, texts: list[str], steps: int = 600, batch: int = 16, lr: float = 3e-3,
                seed: int = 0, log=None):
     """A few hundred AdamW steps of next-token training, enough to make topics matter."""
     torch.manual_seed(seed)
@@ -106,3 +106,11 @@ def prepare_demo(workdir: str, log=None) -> dict:
     tok.save_pretrained(tmp)
     os.replace(tmp, paths["model"])  # the model folder appears whole or not at all
     return paths
+
+
+def topic_precision(rows: list[dict], corpus_path: str, queries_path: str) -> tuple[int, int]:
+    """How many retrieved documents share their query's topic: (hits, retrieved)."""
+    docs = [json.loads(line) for line in open(corpus_path)]
+    queries = [json.loads(line) for line in open(queries_path)]
+    hits = sum(docs[r["doc_index"]]["topic"] == queries[r["query_index"]]["topic"] for r in rows)
+    return hits, len(rows)

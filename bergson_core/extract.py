@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,6 +15,14 @@ from .config import GradientOptions
 from .data import Doc
 from .models import LoadedModel
 from .modules import ModuleInfo, find_modules
+
+
+def _mark_first_batch() -> None:
+    """For the start-up benchmark: record when the first batch of this process finished."""
+    path = os.environ.get("BERGSON_FIRST_BATCH_FILE")
+    if path and not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(repr(time.time()))
 
 
 @dataclass
@@ -56,4 +66,5 @@ def compute_gradients(
             stats.tokens += n_tok
             if on_batch:
                 on_batch(len(rows))
+            _mark_first_batch()
     return out, stats

@@ -1,0 +1,31 @@
+"""`bergson score INDEX --queries Q`: top-k documents per query, as Parquet and a table."""
+
+from bergson_core.config import ScoreConfig
+
+from ..options import add_model_arguments, build_config
+from ..startup import Background, start_prefect
+
+NAME, ORDER = "score", 20
+HELP = "Score queries against an index; write DIR/topk.parquet (query_index, rank, doc_index, score, doc_id, text)."
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser, ScoreConfig, positional=("index",))
+
+
+def run(args) -> int:
+    from .. import render
+
+    render.topk(run_score(build_config(ScoreConfig, args)))
+    return 0
+
+
+def run_score(cfg: ScoreConfig) -> dict:
+    from bergson_core.score_run import ensure_query_gradients
+
+    pre = Background(lambda: ensure_query_gradients(cfg))  # query gradients while Prefect starts
+    start_prefect()
+    pre.result()
+    from ..score import score
+
+    return score(cfg)
