@@ -142,7 +142,7 @@ def score_index(
         table = index.open_shard(manifest["shard"], manifest)
         grads = grad_matrix(table)
         for lo in range(0, grads.shape[0], block_rows):
-            top.add(score_block(qt, grads[lo : lo + block_rows], metric, aggregate), lo)
+            top.add(score_block(qt, grads[lo : lo + block_rows], metric, aggregate), manifest["start"] + lo)
         if on_shard:
             on_shard(manifest)
     return top.scores.numpy(), top.docs.numpy()
