@@ -85,3 +85,12 @@ def start_prefect() -> None:
     from prefect.server.api.server import SubprocessASGIServer
 
     SubprocessASGIServer().start()
+
+
+def overlapped(preload: Callable[[], Any]) -> Any:
+    """Run `preload` (validation, model and data loading) while Prefect starts; a user error from
+    the preload is raised at once, without waiting for the orchestrator."""
+    server = Background(start_prefect)
+    value = Background(preload).result()
+    server.result()
+    return value

@@ -3,7 +3,7 @@
 from bergson_core.config import BuildConfig
 
 from ..options import add_model_arguments, build_config
-from ..startup import Background, start_prefect
+from ..startup import overlapped
 
 NAME, ORDER = "build", 10
 HELP = "Compute per-document gradients of a corpus into an index (local path or s3:// URL)."
@@ -23,9 +23,7 @@ def run(args) -> int:
 def run_build(cfg: BuildConfig) -> dict:
     from bergson_core.build import prepare_build
 
-    pre = Background(lambda: prepare_build(cfg, write=False))  # validate + load while Prefect starts
-    start_prefect()
-    pre.result()
+    overlapped(lambda: prepare_build(cfg, write=False))  # validate + load while Prefect starts
     from ..build import build_index
 
     return build_index(cfg)

@@ -6,7 +6,7 @@ import os
 from bergson_core.config import BuildConfig, ScoreConfig
 
 from ..options import validate
-from ..startup import Background, start_prefect
+from ..startup import overlapped
 from .build import run_build
 from .score import run_score
 
@@ -27,9 +27,7 @@ def run(args) -> int:
     workdir = os.path.abspath(args.workdir)
     print(f"demo workspace: {workdir}")
     log = lambda s, loss: print(f"  training tiny model: step {s:4d} loss {loss:.3f}")  # noqa: E731
-    pre = Background(lambda: prepare_demo(workdir, log=log))  # train while Prefect starts
-    start_prefect()
-    paths = pre.result()
+    paths = overlapped(lambda: prepare_demo(workdir, log=log))  # train while Prefect starts
     build = validate(BuildConfig, {"index": paths["index"], "model": paths["model"], "dataset": paths["corpus"],
                                    "id_column": "id", "projection_dim": args.projection_dim, "shard_size": 100,
                                    "overwrite": True})

@@ -3,7 +3,7 @@
 from bergson_core.config import ScoreConfig
 
 from ..options import add_model_arguments, build_config
-from ..startup import Background, start_prefect
+from ..startup import overlapped
 
 NAME, ORDER = "score", 20
 HELP = "Score queries against an index; write DIR/topk.parquet (query_index, rank, doc_index, score, doc_id, text)."
@@ -23,9 +23,7 @@ def run(args) -> int:
 def run_score(cfg: ScoreConfig) -> dict:
     from bergson_core.score_run import ensure_query_gradients
 
-    pre = Background(lambda: ensure_query_gradients(cfg))  # query gradients while Prefect starts
-    start_prefect()
-    pre.result()
+    overlapped(lambda: ensure_query_gradients(cfg))  # query gradients while Prefect starts
     from ..score import score
 
     return score(cfg)
