@@ -10,7 +10,8 @@ from .options import ApplyOptions
 def sym_eigh(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (ascending) and eigenvectors of the symmetric part of m, in float64."""
     m = m.to(torch.float64)
-    return torch.linalg.eigh(0.5 * (m + m.T))
+    e, q = torch.linalg.eigh(0.5 * (m + m.T))
+    return e, q.contiguous()  # row-major, like a loaded copy: applying gives bit-identical results
 
 
 def spectral_scale(eig: torch.Tensor, opts: ApplyOptions) -> torch.Tensor:
