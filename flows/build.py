@@ -16,8 +16,10 @@ from bergson_core.errors import StoreError
 from tasks import artifacts, progress
 from tasks.build import extract_shard, plan_index
 
+from .runners import task_runner
 
-@flow(name="build-index", log_prints=True)
+
+@flow(name="build-index", log_prints=True, task_runner=task_runner())  # BERGSON_TASK_RUNNER, see runners.py
 def build_index(config: BuildConfig) -> dict:
     t0 = time.perf_counter()
     plan = plan_index(config)
