@@ -93,6 +93,8 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
     index = Index(cfg.index, cfg.storage_options)
     if write:
         index.ensure(meta, overwrite=cfg.overwrite)
+    else:
+        index.check(meta, overwrite=cfg.overwrite)
     return BuildPlan(index, meta, plan_shards(len(corpus), cfg.shard_size))
 
 

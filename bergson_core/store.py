@@ -97,20 +97,24 @@ class Index:
     def write_meta(self, meta: dict) -> None:
         fsu.write_json(self.fs, self._p(INDEX_FILE), {"format": FORMAT, **meta})
 
+    def check(self, meta: dict, overwrite: bool = False) -> bool:
+        """True when an index with this exact spec, model and dataset is already here; raise when
+        a different one is (unless overwrite); False when there is none."""
+        if not self.exists():
+            return False
+        old = self.meta()
+        same = all(old.get(k) == meta[k] for k in ("spec_hash", "dataset", "model_fingerprint"))
+        if same or overwrite:
+            return same
+        diff = sorted(k for k in meta["spec"] if old.get("spec", {}).get(k) != meta["spec"][k])
+        what = f"options differ: {', '.join(diff)}" if diff else "the model or dataset contents differ"
+        raise StoreError(f"index {self.url} was built with a different spec ({what}): use another path or --overwrite")
+
     def ensure(self, meta: dict, overwrite: bool = False) -> None:
         """Create index.json, or check that an existing index was built with the same spec."""
-        if self.exists():
-            old = self.meta()
-            if old.get("spec_hash") == meta["spec_hash"] and old.get("dataset") == meta["dataset"] and old.get(
-                "model_fingerprint"
-            ) == meta["model_fingerprint"]:
-                return
-            if not overwrite:
-                diff = sorted(k for k in meta["spec"] if old.get("spec", {}).get(k) != meta["spec"][k])
-                what = f"options differ: {', '.join(diff)}" if diff else "the model or dataset contents differ"
-                raise StoreError(
-                    f"index {self.url} was built with a different spec ({what}): use another path or --overwrite"
-                )
+        if self.check(meta, overwrite):
+            return
+        if self.exists():  # overwrite of a different index
             self.delete()
         self.write_meta(meta)
 

@@ -28,16 +28,15 @@ def build_index(config: BuildConfig) -> dict:
     tracker = artifacts.Progress(key + "-progress", len(todo), f"Shards of {config.index}")
     progress.start(sum(stop - start for _, start, stop in todo), "extracting", config.progress)
     try:
-        results = _extract(config, todo, tracker)
-        # a cached result whose shard was deleted since: redo it without the cache
+        results = {r["shard"]: r for r in _extract(config, todo, tracker)}
+        # a cached task result whose shard files were deleted since: redo it, bypassing the cache
         lost = [s for s in plan["shards"] if not _exists(config, s[0])]
-        if lost:
-            results += _extract(config, lost, tracker, refresh=True)
+        results.update({r["shard"]: r for r in _extract(config, lost, None, refresh=True)})
     finally:
         progress.close()
     if any(not _exists(config, s[0]) for s in plan["shards"]):
         raise StoreError(f"index {config.index} is still incomplete after the build: rerun `bergson build`")
-    summary = _summary(config, plan, results, time.perf_counter() - t0)
+    summary = _summary(config, plan, list(results.values()), time.perf_counter() - t0)
     artifacts.markdown(key + "-summary", summary["markdown"], f"Build of {config.index}")
     return {k: v for k, v in summary.items() if k != "markdown"}
 
@@ -51,7 +50,8 @@ def _extract(config: BuildConfig, shards, tracker, refresh: bool = False) -> lis
     results = []
     for fut in as_completed(futures):
         results.append(fut.result())
-        tracker.step()
+        if tracker:
+            tracker.step()
     return results
 
 

@@ -66,12 +66,13 @@ class DropUserErrors(logging.Filter):
 
 
 def _filter_prefect_logs() -> None:
+    """Filter at every handler Prefect configured, so records of any logger are covered."""
     flt = DropUserErrors()
-    loggers = [logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict) if n.startswith("prefect")]
-    for logger in [logging.getLogger("prefect"), *loggers]:
-        logger.addFilter(flt)
-        for handler in logger.handlers:
-            handler.addFilter(flt)
+    loggers = [logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict)]
+    for logger in [logging.getLogger(), *loggers]:
+        for handler in getattr(logger, "handlers", []):
+            if flt not in handler.filters:
+                handler.addFilter(flt)
 
 
 def start_prefect() -> None:
