@@ -93,6 +93,7 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
     index = Index(cfg.index, cfg.storage_options)
     if write:
         index.ensure(meta, overwrite=cfg.overwrite)
+        index.remove_partial_writes()
     else:
         index.check(meta, overwrite=cfg.overwrite)
     return BuildPlan(index, meta, plan_shards(len(corpus), cfg.shard_size))

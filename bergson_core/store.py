@@ -11,6 +11,7 @@ Files hold no timestamps, so a rebuilt index is byte-identical to the first one.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import threading
@@ -117,6 +118,15 @@ class Index:
         if self.exists():  # overwrite of a different index
             self.delete()
         self.write_meta(meta)
+
+    def remove_partial_writes(self) -> int:
+        """Delete temporary files left by a writer that was killed mid-write (local only)."""
+        if not self.local:
+            return 0  # remote writes are single PUTs: nothing partial can exist
+        stale = glob.glob(os.path.join(self.path, GRADS_DIR, "*.tmp-*"))
+        for path in stale:
+            os.remove(path)
+        return len(stale)
 
     def delete(self) -> None:
         fsu.remove(self.fs, self.path, recursive=True)
