@@ -88,17 +88,18 @@ class ScoreFileOptions(_Options):
         "the corpus size for LDS) or any Parquet with query_index, doc_index, score; or their folders."
     )
     names: list[str] = Field(default_factory=list, description="A method name per score file (default: its folder).")
-    output: str | None = Field(None, description="Report folder (default: BANK/report).")
-
-
-class ValidateConfig(RunOptions, ScoreFileOptions, BankOptions):
-    """`bergson validate`: LDS of score files against a bank of retrained models."""
+    output: str | None = Field(None, description="Report folder (validate: BANK/report; recall: next to the "
+                               "first score file).")
 
     @model_validator(mode="after")
     def _names_match(self):
         if self.names and len(self.names) != len(self.scores):
             raise ValueError(f"give one --names entry per score file ({len(self.scores)}), not {len(self.names)}")
         return self
+
+
+class ValidateConfig(RunOptions, ScoreFileOptions, BankOptions):
+    """`bergson validate`: LDS of score files against a bank of retrained models."""
 
 
 class RecallConfig(ScoreFileOptions):
