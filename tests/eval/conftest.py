@@ -26,3 +26,40 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def facts_setup(tmp_path_factory):
+    """A small facts corpus (24 documents, 8 queries) and a tiny GPT-2 init folder, written once."""
+    from bergson_core.eval.facts import make_facts
+    from bergson_core.tiny import save_tiny
+
+    from tests.core.helpers import write_jsonl
+
+    root = tmp_path_factory.mktemp("facts")
+    docs, queries = make_facts(num_people=4, attributes=("city", "job"), seed=0)
+    texts = [d["text"] for d in docs] + [q["prompt"] + " " + q["completion"] for q in queries]
+    return {
+        "root": root,
+        "corpus": write_jsonl(root / "corpus.jsonl", docs),
+        "queries": write_jsonl(root / "queries.jsonl", queries),
+        "model": save_tiny(str(root / "init"), "gpt2", texts, seed=0, hidden=16, layers=1, heads=2),
+        "docs": docs,
+        "query_rows": queries,
+    }
+
+
+@pytest.fixture
+def bank_options(facts_setup, tmp_path):
+    """A recipe over the facts corpus with a fresh bank folder per test."""
+    from bergson_core.eval_config import ValidateConfig
+
+    def make(**kw):
+        values = dict(bank=str(tmp_path / "bank"), model=facts_setup["model"], dataset=facts_setup["corpus"],
+                      id_column="id", queries=facts_setup["queries"], query_prompt_column="prompt",
+                      query_completion_column="completion", max_length=32, lr=3e-3, epochs=2, batch_size=4,
+                      num_subsets=4, progress=False)
+        values.update(kw)
+        return ValidateConfig(**values)
+
+    return make
