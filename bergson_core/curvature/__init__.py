@@ -11,7 +11,8 @@ Map-reduce shape (one Prefect task per shard in flows; plain functions here):
     save_preconditioner(index, "ekfac", ekfac)                         # <index>/precond/ekfac/
     pq = apply_preconditioner(ekfac, query_rows, ApplyOptions(damping=1e-3, damping_mode="absolute"))
 
-Strategies (one module each, registered on import): identity, diagonal, kfac, ekfac, autocorr.
+Strategies (one module each, registered on import): identity, diagonal, kfac, ekfac, autocorr,
+shampoo.
 """
 
 from .io import (
@@ -31,11 +32,13 @@ from .passes import (
     lambda_partial_stats,
     rows_diagonal_partial_stats,
     rows_lambda_partial_stats,
+    rows_shampoo_partial_stats,
+    shampoo_partial_stats,
 )
 from .registry import STRATEGIES, Fit, apply_preconditioner, fit_preconditioner, get_strategy
 from .space import Block, Space, layout, project_rows
 from .stats import StatisticError, Stats, reduce_stats
-from . import autocorr, diagonal, ekfac, identity, kfac  # noqa: E402,F401  (register the strategies)
+from . import autocorr, diagonal, ekfac, identity, kfac, shampoo  # noqa: E402,F401  (register the strategies)
 
 apply = apply_preconditioner
 
@@ -45,5 +48,5 @@ __all__ = [
     "fit_preconditioner", "get_strategy", "has_preconditioner", "has_stats", "kfac_partial_stats",
     "lambda_partial_stats", "layout", "list_stats_shards", "load_preconditioner", "load_stats",
     "project_rows", "reduce_stats", "rows_diagonal_partial_stats", "rows_lambda_partial_stats",
-    "save_preconditioner", "save_stats",
+    "rows_shampoo_partial_stats", "save_preconditioner", "save_stats", "shampoo_partial_stats",
 ]

@@ -46,13 +46,15 @@ def _doc_seed(seed: int, doc_index: int) -> int:
 @torch.no_grad()
 def sample_labels(logits: torch.Tensor, labels: torch.Tensor, docs: list[Doc], seed: int) -> torch.Tensor:
     """Labels drawn from the model's predictive distribution where `labels` carry loss."""
-    probs = torch.softmax(logits[:, :-1].double(), dim=-1).cpu()  # [B, T-1, V]
     out = labels.clone()
-    for b, doc in enumerate(docs):
+    for b, doc in enumerate(docs):  # one document at a time: memory [T, V], not [B, T, V]
+        live = (labels[b, 1:] != -100).nonzero().squeeze(-1)  # positions whose next token has loss
+        if live.numel() == 0:
+            continue
+        probs = torch.softmax(logits[b, live].double(), dim=-1).cpu()  # [L, V], CPU: device-independent draws
         gen = torch.Generator(device="cpu").manual_seed(_doc_seed(seed, doc.index))
-        drawn = torch.multinomial(probs[b], 1, generator=gen).squeeze(-1)  # [T-1]
-        live = labels[b, 1:] != -100
-        out[b, 1:] = torch.where(live, drawn.to(labels.device), labels[b, 1:])
+        drawn = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # [L]
+        out[b, live + 1] = drawn.to(labels.device)
     return out
 
 

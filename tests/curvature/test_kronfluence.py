@@ -1,4 +1,4 @@
-"""Identity, KFAC and EK-FAC pairwise influence scores equal kronfluence's (an independent
+"""Identity, diagonal, KFAC and EK-FAC pairwise influence scores equal kronfluence's (an independent
 reference) on tiny random GPT-2 and Llama models, float64, with bias, in kronfluence's
 conventions: summed loss, empirical Fisher, absolute damping, score = g_q^T P^-1 g_d with no 1/N.
 
@@ -27,6 +27,7 @@ from kronfluence.arguments import FactorArguments, ScoreArguments  # noqa: E402
 from kronfluence.task import Task  # noqa: E402
 
 DAMPING = 1e-3
+STRATEGIES = ("identity", "diagonal", "kfac", "ekfac")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 F64 = torch.float64
 
@@ -83,7 +84,7 @@ def kronfluence_scores(setup, tmp_path) -> dict[str, np.ndarray]:
     train, query = as_dataset(setup.train, width), as_dataset(setup.query, width)
     analyzer = Analyzer("ref", model, task, cpu=True, output_dir=str(tmp_path), disable_tqdm=True)
     out = {}
-    for strategy in ("identity", "kfac", "ekfac"):
+    for strategy in STRATEGIES:
         fargs = FactorArguments(strategy=strategy, use_empirical_fisher=True, amp_dtype=None,
                                 activation_covariance_dtype=F64, gradient_covariance_dtype=F64,
                                 per_sample_gradient_dtype=F64, lambda_dtype=F64, eigendecomposition_dtype=F64)
@@ -103,9 +104,11 @@ def our_scores(setup) -> dict[str, np.ndarray]:
     lam = C.lambda_partial_stats(setup.loaded, setup.modules, setup.train, kfac)
     ekfac = C.fit_preconditioner("ekfac", {"ekfac-lambda": lam}, base=kfac)
     identity = C.fit_preconditioner("identity", {}, layout=(setup.space, setup.blocks))
+    diag = C.diagonal_partial_stats(setup.loaded, setup.modules, setup.train, setup.space)
+    diagonal = C.fit_preconditioner("diagonal", {"diagonal": diag})
     opts = C.ApplyOptions(damping=DAMPING, damping_mode="absolute")
     return {name: C.apply(fit, gq, opts) @ gd.T for name, fit in
-            (("identity", identity), ("kfac", kfac), ("ekfac", ekfac))}
+            (("identity", identity), ("diagonal", diagonal), ("kfac", kfac), ("ekfac", ekfac))}
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -116,7 +119,7 @@ def test_scores_match_kronfluence(arch, tmp_path):
         assert all(m.transposed for m in setup.modules)  # Conv1D on our side
     ref = kronfluence_scores(setup, tmp_path)
     ours = our_scores(setup)
-    for strategy in ("identity", "kfac", "ekfac"):
+    for strategy in STRATEGIES:
         assert ref[strategy].shape == (len(setup.query), len(setup.train))
         assert np.abs(ref[strategy]).max() > 0
         assert rel_err(ours[strategy], ref[strategy]) <= 1e-4, strategy

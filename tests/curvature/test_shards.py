@@ -37,6 +37,7 @@ def test_model_pass_statistics_reduce_over_shards(setup, fisher):
     basis = C.fit_preconditioner("kfac", {"kfac": whole})
     lam_whole = C.lambda_partial_stats(s.loaded, s.modules, s.train, basis, fisher=fisher, seed=3)
     diag_whole = C.diagonal_partial_stats(s.loaded, s.modules, s.train, s.space, fisher=fisher, seed=3)
+    sham_whole = C.shampoo_partial_stats(s.loaded, s.modules, s.train, s.space, fisher=fisher, seed=3)
     assert whole.counts["documents"] == len(s.train)
     assert whole.counts["tokens"] == sum(len(d.input_ids) for d in s.train)
     for k in (3, 7):
@@ -47,9 +48,11 @@ def test_model_pass_statistics_reduce_over_shards(setup, fisher):
         lam = [C.lambda_partial_stats(s.loaded, s.modules, p, basis, fisher=fisher, seed=3, batch_tokens=16)
                for p in parts]
         diag = [C.diagonal_partial_stats(s.loaded, s.modules, p, s.space, fisher=fisher, seed=3) for p in parts]
+        sham = [C.shampoo_partial_stats(s.loaded, s.modules, p, s.space, fisher=fisher, seed=3) for p in parts]
         assert_same(C.reduce_stats(kfac), whole)
         assert_same(C.reduce_stats(lam), lam_whole)
         assert_same(C.reduce_stats(diag), diag_whole)
+        assert_same(C.reduce_stats(sham), sham_whole)
 
 
 def test_true_fisher_differs_from_empirical(setup):
@@ -72,18 +75,36 @@ def test_row_statistics_reduce_over_shards(setup, tmp_path):
         "autocorr": C.autocorr_partial_stats(rows, s.blocks, s.space, unit_normalize=True),
         "diagonal": C.rows_diagonal_partial_stats(rows, s.blocks, s.space),
         "ekfac-lambda": C.rows_lambda_partial_stats(rows, basis),
+        "shampoo": C.rows_shampoo_partial_stats(rows, s.blocks, s.space),
     }
     for k in (1, 3, 7):
         parts = chunks(rows, k)
         for kind, fn in (("autocorr", lambda r: C.autocorr_partial_stats(r, s.blocks, s.space, unit_normalize=True)),
                          ("diagonal", lambda r: C.rows_diagonal_partial_stats(r, s.blocks, s.space)),
-                         ("ekfac-lambda", lambda r: C.rows_lambda_partial_stats(r, basis))):
+                         ("ekfac-lambda", lambda r: C.rows_lambda_partial_stats(r, basis)),
+                         ("shampoo", lambda r: C.rows_shampoo_partial_stats(r, s.blocks, s.space))):
             for i, p in enumerate(parts):  # through the store, as the map tasks do
                 C.save_stats(tmp_path / f"k{k}", fn(p), shard=i)
             shards = C.list_stats_shards(tmp_path / f"k{k}", kind)
             assert shards == list(range(k))
             total = C.reduce_stats([C.load_stats(tmp_path / f"k{k}", kind, i) for i in shards])
             assert_same(total, whole[kind])
+
+
+def test_model_pass_equals_stored_rows(setup):
+    """Per-document sums from the curvature hooks equal those from the core capture's rows."""
+    s = setup
+    rows = s.grads(s.train)
+    for kind, model_pass, from_rows in (
+        ("diagonal", C.diagonal_partial_stats, C.rows_diagonal_partial_stats),
+        ("shampoo", C.shampoo_partial_stats, C.rows_shampoo_partial_stats),
+    ):
+        a = model_pass(s.loaded, s.modules, s.train, s.space)
+        b = from_rows(rows, s.blocks, s.space)
+        assert a.kind == b.kind == kind and a.counts == b.counts
+        for k in a.tensors:
+            scale = b.tensors[k].abs().max()
+            assert float((a.tensors[k] - b.tensors[k]).abs().max() / scale) <= 1e-10, k
 
 
 def test_reduce_refuses_mixed_settings(setup):
