@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from .config import CODE_VERSION, DataOptions, ModelOptions, RunOptions, _Options, spec_hash
+from .config import CODE_VERSION, DataOptions, ModelOptions, _Options, spec_hash
 
 
 class TrainOptions(_Options):
@@ -41,11 +41,11 @@ class TrainOptions(_Options):
 class SubsetOptions(_Options):
     subset_kind: Literal["random", "leave-out"] = Field(
         "random", description="random: independent random subsets keeping --subset-fraction of the documents; "
-        "leave-out: non-overlapping chunks of --leave-out-percent %, each left out once."
+        "leave-out: non-overlapping chunks of --leave-out-percent percent of the corpus, each left out once."
     )
     num_subsets: int = Field(32, gt=1, description="Random subsets to retrain on (random kind).")
     subset_fraction: float = Field(0.5, gt=0, lt=1, description="Fraction of documents kept per random subset.")
-    leave_out_percent: float = Field(10.0, gt=0, le=50, description="Size of each left-out chunk, in % of the corpus.")
+    leave_out_percent: float = Field(10.0, gt=0, le=50, description="Size of each left-out chunk, in percent of the corpus.")
     subset_seed: int = Field(0, description="Seed of the subset draw.")
     subset_mode: Literal["weights", "drop"] = Field(
         "weights", description="weights: left-out documents get loss weight 0 and the data order and step count "
@@ -68,6 +68,9 @@ class BankOptions(QueryOptions, SubsetOptions, TrainOptions, DataOptions, ModelO
 
     bank: str = Field(..., description="Folder of the bank of retrained query losses (local path or s3://).")
     overwrite: bool = Field(False, description="Delete a bank made with a different recipe first.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec storage options for s3:// and other remote URLs."
+    )
 
     def recipe(self) -> dict[str, Any]:
         """Everything that changes the retrained losses (device aside); its hash guards the bank."""
@@ -98,7 +101,7 @@ class ScoreFileOptions(_Options):
         return self
 
 
-class ValidateConfig(RunOptions, ScoreFileOptions, BankOptions):
+class ValidateConfig(ScoreFileOptions, BankOptions):
     """`bergson validate`: LDS of score files against a bank of retrained models."""
 
 

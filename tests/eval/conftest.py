@@ -58,7 +58,7 @@ def bank_options(facts_setup, tmp_path):
         values = dict(bank=str(tmp_path / "bank"), model=facts_setup["model"], dataset=facts_setup["corpus"],
                       id_column="id", queries=facts_setup["queries"], query_prompt_column="prompt",
                       query_completion_column="completion", max_length=32, lr=3e-3, epochs=2, batch_size=4,
-                      num_subsets=4, progress=False)
+                      num_subsets=4)
         values.update(kw)
         return ValidateConfig(**values)
 
