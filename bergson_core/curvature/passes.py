@@ -39,8 +39,14 @@ def _pass_meta(space: Space, blocks: list[Block], fisher: str, seed: int, loss_r
     return meta
 
 
-def _zeros(shape) -> torch.Tensor:
-    return torch.zeros(shape, dtype=torch.float64)
+def _zeros(shape, loaded=None) -> torch.Tensor:
+    """A float64 accumulator on the model's device (sums stay there until the pass ends)."""
+    device = next(loaded.model.parameters()).device if loaded is not None else "cpu"
+    return torch.zeros(shape, dtype=torch.float64, device=device)
+
+
+def _to_cpu(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.cpu() for k, v in sums.items()}
 
 
 def kfac_partial_stats(
@@ -59,18 +65,18 @@ def kfac_partial_stats(
     blocks = {b.name: b for b in layout(modules, space)}
     sums = {}
     for b in blocks.values():
-        sums[key(b.name, "A")] = _zeros((b.cols, b.cols))
-        sums[key(b.name, "S")] = _zeros((b.rows, b.rows))
+        sums[key(b.name, "A")] = _zeros((b.cols, b.cols), loaded)
+        sums[key(b.name, "S")] = _zeros((b.rows, b.rows), loaded)
 
     def on_module(info, a, g, mask):
         a2 = a.reshape(-1, a.shape[-1])  # [B*T, I']
         g2 = g.reshape(-1, g.shape[-1])  # [B*T, O']
-        sums[key(info.name, "A")] += (a2.T @ a2).to("cpu", torch.float64)
-        sums[key(info.name, "S")] += (g2.T @ g2).to("cpu", torch.float64)
+        sums[key(info.name, "A")] += (a2.T @ a2).to(torch.float64)
+        sums[key(info.name, "S")] += (g2.T @ g2).to(torch.float64)
 
     counts = hooked_pass(loaded, modules, docs, space, on_module, batch_tokens=batch_tokens,
                          loss_reduction=loss_reduction, fisher=fisher, seed=seed, on_batch=on_batch)
-    return Stats("kfac", sums, counts, _pass_meta(space, list(blocks.values()), fisher, seed, loss_reduction))
+    return Stats("kfac", _to_cpu(sums), counts, _pass_meta(space, list(blocks.values()), fisher, seed, loss_reduction))
 
 
 def lambda_partial_stats(
@@ -88,7 +94,7 @@ def lambda_partial_stats(
     """EK-FAC eigenvalue-correction sums L = sum_n (Q_S^T G_n Q_A)^2 in `basis` (a KFAC fit)."""
     space = basis.space
     blocks = {b.name: b for b in basis.blocks}
-    sums = {key(b.name, "L"): _zeros((b.rows, b.cols)) for b in blocks.values()}
+    sums = {key(b.name, "L"): _zeros((b.rows, b.cols), loaded) for b in blocks.values()}
     cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def on_module(info, a, g, mask):
@@ -97,14 +103,14 @@ def lambda_partial_stats(
                                 basis.tensor(info.name, "Q_S").to(a.device, a.dtype))
         q_a, q_s = cache[info.name]
         rotated = torch.einsum("bto,bti->boi", g @ q_s, a @ q_a)  # [B, O', I'] = Q_S^T G_n Q_A
-        sums[key(info.name, "L")] += rotated.square().sum(0).to("cpu", torch.float64)
+        sums[key(info.name, "L")] += rotated.square().sum(0).to(torch.float64)
 
     counts = hooked_pass(loaded, [m for m in modules if m.name in blocks], docs, space, on_module,
                          batch_tokens=batch_tokens, loss_reduction=loss_reduction, fisher=fisher,
                          seed=seed, on_batch=on_batch)
     meta = _pass_meta(space, basis.blocks, fisher, seed, loss_reduction)
     meta["basis"] = basis.fingerprint()
-    return Stats("ekfac-lambda", sums, {"documents": counts["documents"]}, meta)
+    return Stats("ekfac-lambda", _to_cpu(sums), {"documents": counts["documents"]}, meta)
 
 
 def diagonal_partial_stats(
@@ -121,15 +127,15 @@ def diagonal_partial_stats(
 ) -> Stats:
     """Diagonal Fisher sums D = sum_n G_n^2 (elementwise) per module."""
     blocks = layout(modules, space)
-    sums = {key(b.name, "D"): _zeros((b.rows, b.cols)) for b in blocks}
+    sums = {key(b.name, "D"): _zeros((b.rows, b.cols), loaded) for b in blocks}
 
     def on_module(info, a, g, mask):
         grad = torch.einsum("bto,bti->boi", g, a)  # [B, O', I']
-        sums[key(info.name, "D")] += grad.square().sum(0).to("cpu", torch.float64)
+        sums[key(info.name, "D")] += grad.square().sum(0).to(torch.float64)
 
     counts = hooked_pass(loaded, modules, docs, space, on_module, batch_tokens=batch_tokens,
                          loss_reduction=loss_reduction, fisher=fisher, seed=seed, on_batch=on_batch)
-    return Stats("diagonal", sums, {"documents": counts["documents"]},
+    return Stats("diagonal", _to_cpu(sums), {"documents": counts["documents"]},
                  _pass_meta(space, blocks, fisher, seed, loss_reduction))
 
 
@@ -149,17 +155,17 @@ def shampoo_partial_stats(
     blocks = layout(modules, space)
     sums = {}
     for b in blocks:
-        sums[key(b.name, "L")] = _zeros((b.rows, b.rows))
-        sums[key(b.name, "R")] = _zeros((b.cols, b.cols))
+        sums[key(b.name, "L")] = _zeros((b.rows, b.rows), loaded)
+        sums[key(b.name, "R")] = _zeros((b.cols, b.cols), loaded)
 
     def on_module(info, a, g, mask):
         grad = torch.einsum("bto,bti->boi", g, a)  # [B, O', I']
-        sums[key(info.name, "L")] += torch.einsum("boi,bpi->op", grad, grad).to("cpu", torch.float64)
-        sums[key(info.name, "R")] += torch.einsum("boi,boj->ij", grad, grad).to("cpu", torch.float64)
+        sums[key(info.name, "L")] += torch.einsum("boi,bpi->op", grad, grad).to(torch.float64)
+        sums[key(info.name, "R")] += torch.einsum("boi,boj->ij", grad, grad).to(torch.float64)
 
     counts = hooked_pass(loaded, modules, docs, space, on_module, batch_tokens=batch_tokens,
                          loss_reduction=loss_reduction, fisher=fisher, seed=seed, on_batch=on_batch)
-    return Stats("shampoo", sums, {"documents": counts["documents"]},
+    return Stats("shampoo", _to_cpu(sums), {"documents": counts["documents"]},
                  _pass_meta(space, blocks, fisher, seed, loss_reduction))
 
 
