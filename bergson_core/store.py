@@ -29,7 +29,7 @@ INDEX_FILE = "index.json"
 GRADS_DIR = "grads"
 ARROW_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 
-_verified: set[tuple[str, str]] = set()
+_verified: set[tuple] = set()
 _verified_lock = threading.Lock()
 
 
@@ -187,7 +187,8 @@ class Index:
                 tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
                 self.fs.get_file(self.shard_path(i), tmp)
                 os.replace(tmp, path)
-        key = (path, manifest["sha256"])
+        st = os.stat(path)
+        key = (path, manifest["sha256"], st.st_size, st.st_mtime_ns)  # a rewritten file is checked again
         with _verified_lock:
             if key in _verified:
                 return path
