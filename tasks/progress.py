@@ -8,12 +8,12 @@ _lock = threading.Lock()
 _bar = None
 
 
-def start(total: int, desc: str, enabled: bool = True):
+def start(total: int, desc: str, enabled: bool = True, unit: str = "doc"):
     global _bar
     from tqdm.auto import tqdm
 
     with _lock:
-        _bar = tqdm(total=total, desc=desc, unit="doc", disable=not enabled, dynamic_ncols=True)
+        _bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
     return _bar
 
 

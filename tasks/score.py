@@ -7,6 +7,7 @@ from prefect import task
 from bergson_core.config import ScoreConfig
 from bergson_core.score_run import ensure_query_gradients, run_topk
 
+from . import progress
 from .policy import RETRIES, RETRY_DELAYS, retry_transient
 
 
@@ -21,4 +22,11 @@ def query_gradients(config: ScoreConfig) -> dict:
 @task(name="score-shards", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 def score_shards(config: ScoreConfig, transform=None) -> dict:
     """Stream every shard in blocks, keep the top-k per query, write topk.parquet."""
-    return run_topk(config, transform=transform)
+    from bergson_core.store import Index
+
+    shards = Index(config.index, config.storage_options).meta()["num_shards"]
+    bar = progress.start(shards, "scoring", config.progress, unit="shard")
+    try:
+        return run_topk(config, on_shard=lambda manifest: bar.update(1), transform=transform)
+    finally:
+        progress.close()
