@@ -1,10 +1,13 @@
 """A synthetic facts corpus whose supporting documents are known by construction.
 
-Each person (a first and a last name) has one value per attribute (birthplace, job, pet, ...). Each
-fact is written in several training templates, one document each; the query of a fact is written
-in a held-out template as prompt + completion (only the value carries loss). A query's supporting
-documents are exactly the documents stating its fact, so retrieval can be scored with recall@k and
-MRR, and the corpus is small enough to train a tiny model on 2 CPU cores.
+Each person (a first and a last name) has one value per attribute (birthplace, job, pet). Each fact
+is written in several templates, one document each. The query of a fact is the first template cut
+before the value, as prompt + completion (only the value carries loss): one supporting document
+contains it word for word, the others are paraphrases, which is where methods differ. A query's
+supporting documents are exactly the documents stating its fact, so retrieval can be scored with
+recall@k and MRR, and the corpus is small enough to train a tiny model on 2 CPU cores.
+(A tiny model trained from scratch does not transfer a fact to an unseen phrasing, so queries in a
+held-out template would measure nothing but noise.)
 """
 
 from __future__ import annotations
@@ -25,21 +28,18 @@ ATTRIBUTES = {
         "values": ["paris", "tokyo", "lagos", "lima", "oslo", "cairo", "delhi", "quito", "perth", "seoul"],
         "templates": ["{name} was born in {value} .", "the home town of {name} is {value} .",
                       "{name} grew up in the city of {value} ."],
-        "query": ("{name} comes from the city of", "{value}"),
     },
     "job": {
         "values": ["doctor", "pilot", "farmer", "lawyer", "painter", "nurse", "chemist", "plumber", "teacher",
                    "sailor"],
         "templates": ["{name} works as a {value} .", "by profession {name} is a {value} .",
                       "{name} earns a living as a {value} ."],
-        "query": ("the job of {name} is", "{value}"),
     },
     "pet": {
         "values": ["parrot", "hamster", "rabbit", "turtle", "goat", "pony", "ferret", "lizard", "goldfish",
                    "spider"],
-        "templates": ["{name} keeps a {value} at home .", "the pet of {name} is a {value} .",
+        "templates": ["the pet of {name} is a {value} .", "{name} keeps a {value} at home .",
                       "{name} feeds a {value} every day ."],
-        "query": ("{name} owns a", "{value}"),
     },
 }
 
@@ -64,9 +64,9 @@ def make_facts(num_people: int = 24, attributes: tuple[str, ...] = ("city", "job
                 docs.append({"id": doc_id, "text": template.format(name=name, value=value), "person": name,
                              "attribute": attr, "value": value})
                 support.append(doc_id)
-            prompt, completion = spec["query"]
+            prompt = spec["templates"][0].split("{value}")[0].strip()
             queries.append({"id": f"p{p:03d}-{attr}", "prompt": prompt.format(name=name),
-                            "completion": completion.format(value=value), "support_ids": support,
+                            "completion": value, "support_ids": support,
                             "person": name, "attribute": attr, "value": value})
     rng.shuffle(docs)
     return docs, queries
