@@ -36,7 +36,7 @@ from .passes import (
     shampoo_partial_stats,
 )
 from .registry import STRATEGIES, Fit, apply_preconditioner, fit_preconditioner, get_strategy
-from .space import Block, Space, layout, project_rows
+from .space import Block, Space, index_layout, layout, project_rows
 from .stats import StatisticError, Stats, reduce_stats
 from . import autocorr, diagonal, ekfac, identity, kfac, shampoo  # noqa: E402,F401  (register the strategies)
 
@@ -45,7 +45,7 @@ apply = apply_preconditioner
 __all__ = [
     "ApplyOptions", "Block", "Fit", "FitOptions", "STRATEGIES", "Space", "StatisticError", "Stats",
     "StatsOptions", "apply", "apply_preconditioner", "autocorr_partial_stats", "diagonal_partial_stats",
-    "fit_preconditioner", "get_strategy", "has_preconditioner", "has_stats", "kfac_partial_stats",
+    "fit_preconditioner", "get_strategy", "has_preconditioner", "has_stats", "index_layout", "kfac_partial_stats",
     "lambda_partial_stats", "layout", "list_stats_shards", "load_preconditioner", "load_stats",
     "project_rows", "reduce_stats", "rows_diagonal_partial_stats", "rows_lambda_partial_stats",
     "rows_shampoo_partial_stats", "save_preconditioner", "save_stats", "shampoo_partial_stats",

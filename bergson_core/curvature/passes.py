@@ -171,8 +171,9 @@ def shampoo_partial_stats(
 
 # -- from stored gradient rows ------------------------------------------------------------------
 def _rows(rows) -> torch.Tensor:
-    x = torch.from_numpy(np.asarray(rows)) if not isinstance(rows, torch.Tensor) else rows
-    return x.to(torch.float64)  # [N, D]
+    if isinstance(rows, torch.Tensor):
+        return rows.to(torch.float64)  # [N, D]
+    return torch.from_numpy(np.array(rows, dtype=np.float64))  # a writable float64 copy of mapped rows
 
 
 def _rows_meta(space: Space, blocks: list[Block], **extra) -> dict:

@@ -119,7 +119,7 @@ def apply_preconditioner(fit: Fit, grads, opts: ApplyOptions | None = None, spac
     if space is not None:
         fit.space.check(space, f"preconditioner {fit.strategy}")
     as_numpy = isinstance(grads, np.ndarray)
-    x = torch.from_numpy(np.ascontiguousarray(grads)) if as_numpy else grads
+    x = torch.from_numpy(np.array(grads, dtype=np.float64)) if as_numpy else grads  # a copy: rows may be read-only
     if x.ndim != 2 or x.shape[1] != row_width(fit.blocks):
         raise UserError(
             f"gradients have shape {tuple(x.shape)} but preconditioner {fit.strategy} expects rows of "
@@ -135,5 +135,4 @@ def apply_preconditioner(fit: Fit, grads, opts: ApplyOptions | None = None, spac
                 f"preconditioner {fit.strategy} gave non-finite values for module {b.name}: raise the damping"
             )
         out[:, b.offset : b.offset + b.width] = res.reshape(res.shape[0], -1)
-    out = out.to(x.dtype)
-    return out.numpy() if as_numpy else out
+    return out.numpy().astype(grads.dtype, copy=False) if as_numpy else out.to(x.dtype)

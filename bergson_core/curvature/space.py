@@ -82,6 +82,17 @@ def layout(modules: list[ModuleInfo], space: Space) -> list[Block]:
     return blocks
 
 
+def index_layout(meta: dict, projection_dim: int | None = None) -> tuple[Space, list[ModuleInfo], list[Block]]:
+    """(space, modules, blocks) of an index from its index.json (`Index.meta()`); blocks match the
+    stored rows exactly. `projection_dim=0` gives the full-gradient space of the same modules."""
+    space = Space.of(meta["spec"], projection_dim)
+    modules = [ModuleInfo(**m) for m in meta["modules"]]
+    blocks = layout(modules, space)
+    if projection_dim is None and [(b.offset, b.width) for b in blocks] != [(m.offset, m.width) for m in modules]:
+        raise StoreError("the index's module layout does not match its projection spec: rebuild the index")
+    return space, modules, blocks
+
+
 def row_width(blocks: list[Block]) -> int:
     return sum(b.width for b in blocks)
 
