@@ -134,9 +134,12 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=32, help="documents per batch (both tools)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each job (median reported)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--skip-kronfluence", action="store_true")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = tiny_model("llama", args.vocab, seed=0, hidden=args.hidden, layers=args.layers, heads=4).requires_grad_(False)
     loaded = LoadedModel(model, _Tok(), torch.device("cpu"), torch.float32, threading.Lock())
