@@ -30,11 +30,11 @@ def validate(config: ValidateConfig) -> dict:
     key = artifacts.artifact_key("validate", plan["recipe_hash"])
     tracker = artifacts.Progress(key + "-progress", len(plan["missing"]), f"Retrainings of {config.bank}")
     runs = _retrain(config, plan, [FULL_RUN], tracker)  # first: its model is the one to attribute
-    runs += _retrain(config, plan, [r for r in plan["runs"] if r != FULL_RUN], tracker)
+    runs.update(_retrain(config, plan, [r for r in plan["runs"] if r != FULL_RUN], tracker))
     bank = Bank(config.bank, config.storage_options)
     lost = bank.missing(plan["runs"])  # a cached result whose files were deleted since: redo without cache
     if lost:
-        runs += _retrain(config, {**plan, "missing": lost}, lost, tracker, refresh=True)
+        runs.update(_retrain(config, {**plan, "missing": lost}, lost, tracker, refresh=True))
     if bank.missing(plan["runs"]):
         raise StoreError(f"bank {config.bank} is still incomplete after retraining: rerun `bergson validate`")
     names = config.names or [method_name(s) for s in config.scores]
@@ -48,7 +48,7 @@ def validate(config: ValidateConfig) -> dict:
         "documents": plan["documents"],
         "queries": plan["queries"],
         "subsets": len(plan["runs"]) - 1,
-        "retrained_now": sum(not r.get("skipped") for r in runs),
+        "retrained_now": sum(not r.get("skipped") for r in runs.values()),
         "cost": cost(manifests),
         "full_checkpoint": bank.read_run(FULL_RUN)[1].get("checkpoint"),
         "methods": report["summary"],
@@ -62,16 +62,19 @@ def validate(config: ValidateConfig) -> dict:
     return summary
 
 
-def _retrain(config: ValidateConfig, plan: dict, runs: list[str], tracker, refresh: bool = False) -> list[dict]:
+def _retrain(config: ValidateConfig, plan: dict, runs: list[str], tracker, refresh: bool = False) -> dict:
+    """{run: result} for the runs still missing; a redone run's result replaces its stale cached one."""
     todo = [r for r in runs if r in plan["missing"]]
     if not todo:
-        return []
+        return {}
     task = retrain_run.with_options(refresh_cache=True) if refresh else retrain_run
     futures = task.map(unmapped(config), todo, unmapped(plan["recipe_hash"]), [plan["digests"][r] for r in todo])
-    results = []
+    results = {}
     for fut in as_completed(futures):
-        results.append(fut.result())
-        tracker.step()
+        result = fut.result()
+        results[result["run"]] = result
+        if not refresh:
+            tracker.step()
     return results
 
 
