@@ -55,19 +55,31 @@ class Bank:
             raise StoreError(f"no bank at {self.url}: run `bergson validate` with this --bank first")
         return fsu.read_json(self.fs, self._p(BANK_FILE))
 
+    def check(self, meta: dict, masks: np.ndarray, overwrite: bool = False) -> str:
+        """"new" (no bank yet), "same" (made with this recipe) or "replace" (another recipe, and
+        overwrite is asked for); anything else is refused with a StoreError. Writes nothing."""
+        if not self.exists():
+            return "new"
+        old = self.meta()
+        if old.get("recipe_hash") == meta["recipe_hash"]:
+            if not np.array_equal(self.masks(), masks):
+                raise StoreError(f"bank {self.url} holds other subsets for the same recipe: it is corrupt; "
+                                 "delete it or pass --overwrite")
+            return "same"
+        if not overwrite:
+            changed = sorted(k for k in set(old.get("recipe", {})) | set(meta["recipe"])
+                             if old.get("recipe", {}).get(k) != meta["recipe"].get(k))
+            more = f"; changed: {', '.join(changed)}" if changed else " (the init, corpus or queries changed)"
+            raise StoreError(f"bank {self.url} was made with another recipe{more}: pass --overwrite to replace "
+                             "it, or use another --bank (paths are compared as given)")
+        return "replace"
+
     def ensure(self, meta: dict, masks: np.ndarray, overwrite: bool = False) -> None:
         """Create the bank, or check that the existing one was made with the same recipe."""
-        if self.exists():
-            old = self.meta()
-            if old.get("recipe_hash") == meta["recipe_hash"]:
-                if not np.array_equal(self.masks(), masks):
-                    raise StoreError(f"bank {self.url} holds other subsets for the same recipe: it is corrupt; "
-                                     "delete it or pass --overwrite")
-                return
-            if not overwrite:
-                raise StoreError(
-                    f"bank {self.url} was made with another recipe (hash {old.get('recipe_hash')} != "
-                    f"{meta['recipe_hash']}): pass --overwrite to replace it, or use another --bank")
+        state = self.check(meta, masks, overwrite)
+        if state == "same":
+            return
+        if state == "replace":
             self.fs.rm(self.root, recursive=True)
         from safetensors.numpy import save
 

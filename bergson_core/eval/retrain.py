@@ -79,6 +79,8 @@ def prepare_bank(cfg: BankOptions, write: bool = True) -> BankPlan:
     bank = Bank(cfg.bank, cfg.storage_options)
     if write:
         bank.ensure(meta, masks, overwrite=cfg.overwrite)
+    else:
+        bank.check(meta, masks, overwrite=cfg.overwrite)
     return BankPlan(bank, meta, [FULL_RUN] + [subset_run(i) for i in range(masks.shape[0])])
 
 
