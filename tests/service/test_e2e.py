@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 
-from .conftest import BUCKET, POOL, prefect_cli, wait_until
+from .conftest import BUCKET, POOL, prefect_cli, run_cli, wait_until
 
 SHARD_SIZE = 6  # 132 documents -> 22 shards
 
@@ -84,7 +84,7 @@ def test_deploy_registers_pool_storage_limit_and_deployments(deployed, prefect_c
     assert nightly.parameters["config"]["index"] == "s3://bergson/indexes/nightly"
 
 
-def test_build_and_score_by_deployment(deployed, prefect_client, workers, assets, s3, service_root):
+def test_build_and_score_by_deployment(deployed, prefect_client, workers, assets, s3, service_root, client_env):
     from prefect.deployments import run_deployment
 
     worker = workers(POOL, "worker-a")
@@ -114,6 +114,14 @@ def test_build_and_score_by_deployment(deployed, prefect_client, workers, assets
     record = json.loads(s3["client"].get_object(Bucket=BUCKET, Key=next(iter(results)))["Body"].read())
     assert record["metadata"]["serializer"]["type"] == "json"
     assert not (service_root / "worker-a-home" / "storage").exists()
+
+    # `bergson status` on the bucket: complete, scores present, the build run found on the server
+    status = run_cli(client_env, "status", index, "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    report = json.loads(status.stdout)
+    assert report["complete"] and report["shards_complete"] == shards
+    assert report["scores"] == [{"name": "queries", "complete": True, "files": report["scores"][0]["files"]}]
+    assert report["runs"][0]["state"] == "Completed" and report["runs"][0]["id"] == str(run.id)
 
     # dashboard artifacts: progress, run summary, top-k table
     keys = {a.key for a in prefect_client.read_artifacts() if a.key}
