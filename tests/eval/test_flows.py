@@ -56,7 +56,24 @@ def test_validate_flow_resumes_and_reports(prefect_harness, bank_options, tmp_pa
     assert calls == [] and again["retrained_now"] == 0
     assert again["methods"][0]["lds"] == method["lds"]
 
+    assert {"progress", "markdown", "table"} <= _artifact_types("validate-" + result["recipe_hash"])
+
     out = recall(RecallConfig(queries=bank_options().queries, scores=[str(scores)], ks=[1, 10],
                               output=str(tmp_path / "recall")))
     (row,) = out["methods"]
     assert row["recall@10"] == 0.0  # these ids name no corpus document
+    assert {"markdown", "table"} <= _artifact_types("recall-queries-jsonl-random")
+
+
+def _artifact_types(prefix: str) -> set[str]:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read():
+        async with get_client() as client:
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix)))
+            return {a.type for a in arts}
+
+    return asyncio.run(read())
