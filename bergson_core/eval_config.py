@@ -45,7 +45,9 @@ class SubsetOptions(_Options):
     )
     num_subsets: int = Field(32, gt=1, description="Random subsets to retrain on (random kind).")
     subset_fraction: float = Field(0.5, gt=0, lt=1, description="Fraction of documents kept per random subset.")
-    leave_out_percent: float = Field(10.0, gt=0, le=50, description="Size of each left-out chunk, in percent of the corpus.")
+    leave_out_percent: float = Field(
+        10.0, gt=0, le=50, description="Size of each left-out chunk, in percent of the corpus."
+    )
     subset_seed: int = Field(0, description="Seed of the subset draw.")
     subset_mode: Literal["weights", "drop"] = Field(
         "weights", description="weights: left-out documents get loss weight 0 and the data order and step count "
