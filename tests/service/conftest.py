@@ -256,6 +256,7 @@ def prefect_cli(env: dict, *args: str, timeout: float = 90) -> subprocess.Comple
 
 
 POOL = "bergson-e2e"
+GPU_LIMIT = 32  # above the shard count: gates nothing unless a test lowers it
 
 
 @pytest.fixture(scope="session")
@@ -265,6 +266,6 @@ def deployed(client_env, s3, prefect_server):
     s3["client"].put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
     t0 = time.monotonic()
     r = run_cli(client_env, "deploy", "--pool", POOL, "--results", f"s3://{BUCKET}/prefect-results",
-                "--gpu-limit", "8")
+                "--gpu-limit", str(GPU_LIMIT))
     assert r.returncode == 0, r.stdout + r.stderr
     return {"stdout": r.stdout, "seconds": time.monotonic() - t0, "pool": POOL}

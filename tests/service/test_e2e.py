@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 
-from .conftest import BUCKET, POOL, prefect_cli, run_cli, wait_until
+from .conftest import BUCKET, GPU_LIMIT, POOL, prefect_cli, run_cli, wait_until
 
 SHARD_SIZE = 6  # 132 documents -> 22 shards
 
@@ -67,7 +67,7 @@ def test_deploy_registers_pool_storage_limit_and_deployments(deployed, prefect_c
     assert block.data["basepath"] == f"s3://{BUCKET}/prefect-results"
 
     limit = prefect_client.read_concurrency_limit_by_tag("gpu")
-    assert limit.concurrency_limit == 8
+    assert limit.concurrency_limit == GPU_LIMIT
 
     build = prefect_client.read_deployment_by_name("build-index/build-index")
     score = prefect_client.read_deployment_by_name("score-index/score-index")
@@ -127,6 +127,7 @@ def test_build_and_score_by_deployment(deployed, prefect_client, workers, assets
     keys = {a.key for a in prefect_client.read_artifacts() if a.key}
     assert any(k.endswith("-summary") for k in keys) and any(k.endswith("-progress") for k in keys)
     assert any(k.startswith("topk-") for k in keys)
+    worker.stop()  # the next test brings its own workers
 
 
 def test_killed_worker_resumes_without_recomputing(deployed, prefect_client, workers, assets, s3, client_env):
@@ -136,10 +137,13 @@ def test_killed_worker_resumes_without_recomputing(deployed, prefect_client, wor
     index_prefix = "indexes/resume"
     shards = -(-assets["documents"] // SHARD_SIZE)
     worker = workers(POOL, "worker-b")
+    # two shards at a time through the `gpu` limit, so that the kill lands mid-build
+    prefect_client.create_concurrency_limit(tag="gpu", concurrency_limit=2)
     run = run_deployment("build-index/build-index", timeout=0,
                          parameters=_build_params(assets, f"s3://{BUCKET}/{index_prefix}"))
     wait_until(lambda: len(_manifests(s3, index_prefix)) >= 3 and "Completed" in _task_states(prefect_client, run.id),
                180, "3 finished shards", 0.2, worker.proc, worker.log)
+    assert str(run.id) in worker.log.read_text(), "the run was not executed by worker-b"
     worker.kill()  # the machine disappears mid-run
     completed_before = _task_states(prefect_client, run.id).count("Completed")
     done = _manifests(s3, index_prefix)
@@ -152,6 +156,7 @@ def test_killed_worker_resumes_without_recomputing(deployed, prefect_client, wor
     # and retry it (what the UI's "Change state" and "Retry" buttons do)
     assert prefect_client.read_flow_run(run.id).state.is_running()
     prefect_client.set_flow_run_state(run.id, Crashed(message="worker-b was killed"), force=True)
+    prefect_client.create_concurrency_limit(tag="gpu", concurrency_limit=GPU_LIMIT)
     for cmd in (["concurrency-limit", "reset", "gpu"], ["flow-run", "retry", str(run.id)]):
         r = prefect_cli(client_env, *cmd)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -160,6 +165,7 @@ def test_killed_worker_resumes_without_recomputing(deployed, prefect_client, wor
     final = wait_until(lambda: (s := prefect_client.read_flow_run(run.id).state).is_final() and s, 240,
                        "the retried run to finish", 1, fresh.proc, fresh.log)
     assert final.is_completed(), f"{final}\n{fresh.tail()}"
+    assert str(run.id) in fresh.log.read_text()
     assert len(_manifests(s3, index_prefix)) == shards
     after = _objects(s3, index_prefix + "/grads/")
     versions = _versions(s3, index_prefix + "/grads/")
