@@ -38,13 +38,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel],
             continue
         kind, _ = _base_type(field.annotation)
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": name}
-        default = field.get_default(call_default_factory=True)
-        if default not in (None, "", [], {}):
-            help_text += f" (default: {default})"
+        if field.is_required():
+            help_text += " (required)"
+        else:
+            default = field.get_default(call_default_factory=True)
+            if default not in (None, "", [], {}):
+                help_text += f" (default: {default})"
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is list:
-            kwargs.update(nargs="+", metavar="GLOB")
+            kwargs.update(nargs="+", metavar=name.upper().rstrip("S") or "VALUE")
         elif typing.get_origin(kind) is dict:
             kwargs.update(type=json.loads, metavar="JSON")
         elif typing.get_origin(kind) is Literal:

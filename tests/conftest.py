@@ -1,4 +1,5 @@
-"""Test-wide environment: offline hub, Prefect state inside the workspace, no analytics."""
+"""Test-wide environment (offline hub, Prefect state inside the workspace, no analytics) and the one
+Prefect API that every flow test of the session shares."""
 
 import os
 import pathlib
@@ -10,3 +11,17 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect" / "tests"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("BERGSON_CACHE", str(ROOT / ".bergson-cache" / "tests"))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One embedded Prefect API (the test harness) for the whole session; its URL is handed to CLI
+    subprocesses so they skip starting their own."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()

@@ -21,11 +21,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def prefect_harness(prefect_api):
+    """The session's one Prefect API (tests/conftest.py)."""
+    yield prefect_api
 
 
 @pytest.fixture(scope="session")

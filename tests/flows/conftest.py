@@ -1,5 +1,5 @@
-"""Fixtures for flow and CLI tests: one Prefect API for the whole session (the test harness), a
-tiny saved model and corpus, and a runner for the real `bergson` console script."""
+"""Fixtures for flow and CLI tests: a tiny saved model and corpus, and a runner for the real
+`bergson` console script (the session's Prefect API, `prefect_api`, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -30,16 +30,6 @@ def write_jsonl(path, rows) -> str:
         for r in rows:
             f.write(json.dumps(r) + "\n")
     return str(path)
-
-
-@pytest.fixture(scope="session")
-def prefect_api():
-    """One embedded Prefect API for every flow test; its URL is handed to CLI subprocesses."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield PREFECT_API_URL.value()
 
 
 @pytest.fixture(scope="session")
