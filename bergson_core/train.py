@@ -144,12 +144,15 @@ class TrainResult:
 
 def train(model: torch.nn.Module, docs: list[Doc], opts: TrainOptions, weights: torch.Tensor | None = None,
           pad_id: int = 0, checkpoint_dir: str | None = None, tokenizer=None,
-          on_step: Callable[[int, float, float], None] | None = None, stop_after: int | None = None) -> TrainResult:
+          on_step: Callable[[int, float, float], None] | None = None, stop_after: int | None = None,
+          after_step: Callable[[int, torch.nn.Module, dict], None] | None = None) -> TrainResult:
     """Train `model` in place on `docs` with per-document loss `weights` [N] (default all ones).
 
     With `checkpoint_dir`, the run resumes from the latest checkpoint there, saves one every
     `checkpoint_every` steps and always after the last step. `stop_after` ends the loop early
-    (after that many steps in total), as a crash would, for tests of resumption.
+    (after that many steps in total), as a crash would, for tests of resumption. `after_step(steps
+    done, model, optimizer state {param: {kind: tensor}})` runs after each update and after the
+    checkpoint of that step is saved (e.g. a train-time gradient store).
     """
     t0 = time.perf_counter()
     device = next(model.parameters()).device
@@ -196,6 +199,8 @@ def train(model: torch.nn.Module, docs: list[Doc], opts: TrainOptions, weights: 
         if checkpoint_dir and (last or (opts.checkpoint_every and (step + 1) % opts.checkpoint_every == 0)):
             save_checkpoint(os.path.join(checkpoint_dir, f"checkpoint-{step + 1}"), model, state, result, opts,
                             tokenizer)
+        if after_step:
+            after_step(step + 1, model, state)
     result.seconds = time.perf_counter() - t0
     return result
 
