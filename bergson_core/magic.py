@@ -1,0 +1,287 @@
+"""MAGIC: exact metagradients of the query loss after training with respect to every document's
+training weight (Ilyas & Engstrom et al. 2025, "MAGIC: Near-Optimal Data Attribution for Deep
+Learning"; reverse-mode through optimizer steps after Maclaurin et al. 2015).
+
+Training is the project's trainer (bergson_core.train) written as a pure function of the weights w:
+
+    theta_{s+1}, opt_{s+1} = U(theta_s, opt_s, g_s, lr_s),   g_s = d/dtheta sum_{d in B_s} w_d loss_d(theta_s) / denom
+
+and the metagradient dQ(theta_T)/dw is accumulated backwards, step by step, with vector-Jacobian
+products of one step at a time (the step differentiated twice: g_s itself is a gradient, so its
+VJP is a Hessian-vector product). States theta_s are not all kept: a checkpointing schedule stores
+some and recomputes the others forwards from the nearest stored one:
+
+    every  all T states kept                           memory T,        recompute 0
+    sqrt   every k = ceil(sqrt T)-th state, then the   memory ~2 sqrt T, recompute ~T
+           states of one segment at a time
+    log    recursive bisection from the initial state  memory ~log2 T,  recompute ~T log2 T
+
+All three run the same floating-point operations on the same states, so they give identical
+metagradients. AdamW's sqrt(v) uses a square root whose derivative is 0 at v = 0 (parameters whose
+gradient is exactly zero, e.g. unused position embeddings), with the same forward values.
+
+Score convention: score(q, d) = -dQ_q/dw_d, so a positive score means that upweighting d lowers
+the query loss, like every other method here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .batching import collate
+from .data import Doc
+from .eval_config import TrainOptions
+from .train import init_state, learning_rate, sgd_update, step_batches, total_steps
+
+SCHEDULES = ("every", "sqrt", "log")
+
+Params = dict[str, torch.Tensor]
+OptState = dict[str, dict[str, torch.Tensor]]
+
+
+def _safe_sqrt(v: torch.Tensor) -> torch.Tensor:
+    """sqrt(v) for v >= 0 with derivative 0 (not inf) at v = 0; twice differentiable elsewhere."""
+    pos = v > 0
+    return torch.where(pos, torch.where(pos, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
+
+
+def adamw_update(p, g, state, step: int, lr: float, opts: TrainOptions):
+    """bergson_core.train.adamw_update with the safe square root (same values)."""
+    m = opts.beta1 * state["exp_avg"] + (1 - opts.beta1) * g
+    v = opts.beta2 * state["exp_avg_sq"] + (1 - opts.beta2) * g * g
+    bc1 = 1 - opts.beta1 ** step
+    bc2 = 1 - opts.beta2 ** step
+    denom = _safe_sqrt(v) / math.sqrt(bc2) + opts.eps
+    p = p * (1 - lr * opts.weight_decay) - (lr / bc1) * m / denom
+    return p, {"exp_avg": m, "exp_avg_sq": v}
+
+
+UPDATES = {"adamw": adamw_update, "sgd": sgd_update}
+
+
+@dataclass
+class State:
+    """theta_s and the optimizer state after s steps."""
+
+    step: int
+    params: Params
+    opt: OptState
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.params.values()) + sum(
+            t.numel() * t.element_size() for s in self.opt.values() for t in s.values())
+
+
+@dataclass
+class MagicStats:
+    schedule: str
+    steps: int
+    forward_steps: int = 0  # steps run without a graph (first pass + recomputation)
+    backward_steps: int = 0  # differentiated steps (one per step per query seed)
+    peak_states: int = 0  # most states held at once
+    state_bytes: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak_states * self.state_bytes
+
+
+def document_losses(model, params: Params, ids, mask, labels, reduction: str) -> torch.Tensor:
+    """bergson_core.train.document_losses through functional_call (parameters as inputs) [B]."""
+    logits = functional_call(model, params, (), {"input_ids": ids, "attention_mask": mask}).logits[:, :-1]
+    target = labels[:, 1:]
+    tok = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")  # [B, T-1]
+    loss = tok.sum(dim=1)
+    if reduction == "mean":
+        loss = loss / (target != -100).sum(dim=1).clamp(min=1)
+    return loss
+
+
+class Unrolled:
+    """Training of `model` (from its current weights) on `docs` with weights w, one step at a time."""
+
+    def __init__(self, model: torch.nn.Module, docs: list[Doc], opts: TrainOptions, pad_id: int = 0):
+        self.model = model.eval()  # no dropout: a step is a pure function of the weights
+        self.docs, self.opts, self.pad_id = docs, opts, pad_id
+        self.n = len(docs)
+        self.total = total_steps(self.n, opts)
+        self.device = next(model.parameters()).device
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.update = UPDATES[opts.optimizer]
+        self.denom = opts.batch_size * opts.grad_accum
+        self._batches = {}
+
+    def initial(self) -> State:
+        params = {n: p.detach().clone() for n, p in self.model.named_parameters() if n in self.names}
+        return State(0, params, {n: init_state(p, self.opts) for n, p in params.items()})
+
+    def batches(self, s: int):
+        if s not in self._batches:
+            self._batches[s] = [(rows, collate([self.docs[r] for r in rows], self.pad_id, self.device))
+                                for rows in step_batches(self.n, s, self.opts)]
+        return self._batches[s]
+
+    def step(self, st: State, w: torch.Tensor, create_graph: bool = False) -> State:
+        """theta_{s+1} from theta_s; with create_graph the result is differentiable in st and w."""
+        s = st.step
+        plist = [st.params[n] for n in self.names]
+        # the math attention kernel: composed of twice-differentiable ops (the fused CPU/flash kernels
+        # have no double backward), and used in every step so all passes compute the same values
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            if not create_graph:
+                plist = [p.detach().requires_grad_(True) for p in plist]
+            params = dict(zip(self.names, plist))
+            grads = [torch.zeros_like(p) for p in plist]
+            for rows, (ids, mask, labels) in self.batches(s):
+                lw = w[rows].to(dtype=plist[0].dtype)  # [B]
+                loss = (document_losses(self.model, params, ids, mask, labels, self.opts.train_loss) * lw).sum()
+                loss = loss / self.denom
+                parts = torch.autograd.grad(loss, plist, create_graph=create_graph, allow_unused=True)
+                grads = [g if pg is None else g + pg for g, pg in zip(grads, parts)]
+        lr = learning_rate(s, self.total, self.opts)
+        new_p, new_o = {}, {}
+        for name, p, g in zip(self.names, plist, grads):
+            if not create_graph:
+                p, g = p.detach(), g.detach()
+            new_p[name], new_o[name] = self.update(p, g, st.opt[name], s + 1, lr, self.opts)
+        if not create_graph:
+            new_p = {k: v.detach() for k, v in new_p.items()}
+            new_o = {k: {kk: t.detach() for kk, t in v.items()} for k, v in new_o.items()}
+        return State(s + 1, new_p, new_o)
+
+    def run(self, st: State, w: torch.Tensor, stop: int, stats: MagicStats | None = None) -> State:
+        while st.step < stop:
+            st = self.step(st, w)
+            if stats:
+                stats.forward_steps += 1
+        return st
+
+
+def query_loss(unrolled: Unrolled, params: Params, queries: list[Doc], seeds: torch.Tensor,
+               reduction: str = "sum") -> torch.Tensor:
+    """sum_q seeds[q] * loss_q(theta) (queries' losses as bergson validate measures them)."""
+    ids, mask, labels = collate(queries, unrolled.pad_id, unrolled.device)
+    losses = document_losses(unrolled.model, params, ids, mask, labels, reduction)  # [Q]
+    return (losses * seeds.to(losses.dtype)).sum()
+
+
+def _vjp(unrolled: Unrolled, st: State, w: torch.Tensor, bar: State) -> tuple[State, torch.Tensor]:
+    """(d theta_s, d opt_s) and dw of <bar, step(st, w)>: one reverse step."""
+    names = unrolled.names
+    p = {n: st.params[n].detach().requires_grad_(True) for n in names}
+    o = {n: {k: t.detach().requires_grad_(True) for k, t in st.opt[n].items()} for n in names}
+    wl = w.detach().requires_grad_(True)
+    out = unrolled.step(State(st.step, p, o), wl, create_graph=True)
+    keys = [(n, k) for n in names for k in o[n]]
+    outs = [out.params[n] for n in names] + [out.opt[n][k] for n, k in keys]
+    cots = [bar.params[n] for n in names] + [bar.opt[n][k] for n, k in keys]
+    ins = [p[n] for n in names] + [o[n][k] for n, k in keys] + [wl]
+    pairs = [(x, c) for x, c in zip(outs, cots) if x.requires_grad]
+    grads = torch.autograd.grad([x for x, _ in pairs], ins, grad_outputs=[c for _, c in pairs], allow_unused=True)
+    grads = [torch.zeros_like(i) if g is None else g.detach() for g, i in zip(grads, ins)]
+    gp = dict(zip(names, grads[:len(names)]))
+    go: OptState = {n: {} for n in names}
+    for (n, k), g in zip(keys, grads[len(names):-1]):
+        go[n][k] = g
+    return State(st.step, gp, go), grads[-1]
+
+
+def metagradients(model: torch.nn.Module, docs: list[Doc], queries: list[Doc], opts: TrainOptions,
+                  weights: torch.Tensor | None = None, schedule: str = "every", pad_id: int = 0,
+                  per_query: bool = True, query_reduction: str = "sum") -> tuple[torch.Tensor, MagicStats]:
+    """dQ_q(theta_T)/dw [Q, N] (per_query) or d sum_q Q_q / dw [1, N], and the run's statistics.
+    `model` holds the initial weights and is not changed."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown checkpointing schedule {schedule!r}; choose from {SCHEDULES}")
+    t0 = time.perf_counter()
+    un = Unrolled(model, docs, opts, pad_id)
+    T = un.total
+    w = torch.ones(len(docs), dtype=torch.float64) if weights is None else weights.detach().to(torch.float64)
+    w = w.to(un.device)
+    stats = MagicStats(schedule, T)
+    first = un.initial()
+    stats.state_bytes = first.nbytes()
+    k = max(1, math.ceil(math.sqrt(T)))
+    # forward phase: keep what the schedule keeps
+    stored: dict[int, State] = {0: first}
+    st = first
+    while st.step < T:
+        st = un.step(st, w)
+        stats.forward_steps += 1
+        if schedule == "every" or (schedule == "sqrt" and st.step % k == 0):
+            stored[st.step] = st
+    final = st
+    held = len(stored) + (0 if T in stored else 1)
+    stats.peak_states = held
+    seeds = torch.eye(len(queries), dtype=torch.float64) if per_query else torch.ones(1, len(queries),
+                                                                                        dtype=torch.float64)
+    out = []
+    for seed in seeds:
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            fp = {n: t.detach().requires_grad_(True) for n, t in final.params.items()}
+            q = query_loss(un, fp, queries, seed, query_reduction)
+            gq = torch.autograd.grad(q, [fp[n] for n in un.names], allow_unused=True)
+        bar = State(T, {n: (torch.zeros_like(fp[n]) if g is None else g.detach()) for n, g in zip(un.names, gq)},
+                    {n: {kk: torch.zeros_like(t) for kk, t in final.opt[n].items()} for n in un.names})
+        wbar = torch.zeros_like(w)
+
+        def back(st_s: State, bar_: State) -> State:
+            nonlocal wbar
+            bar_, dw = _vjp(un, st_s, w, bar_)
+            wbar = wbar + dw
+            stats.backward_steps += 1
+            return bar_
+
+        if schedule == "every":
+            for s in reversed(range(T)):
+                bar = back(stored[s], bar)
+        elif schedule == "sqrt":
+            for c in sorted((c for c in stored if c < T), reverse=True):
+                seg = [stored[c]]
+                while seg[-1].step < min(c + k, T) - 1:
+                    seg.append(un.step(seg[-1], w))
+                    stats.forward_steps += 1
+                stats.peak_states = max(stats.peak_states, held + len(seg) - 1)
+                for st_s in reversed(seg):
+                    bar = back(st_s, bar)
+        else:  # log: recursive bisection, at most log2(T) states held besides the final one
+            def rev(a_state: State, b: int, bar_: State, depth: int) -> State:
+                a = a_state.step
+                stats.peak_states = max(stats.peak_states, held + depth)
+                if b - a == 1:
+                    return back(a_state, bar_)
+                mid = (a + b) // 2
+                mid_state = un.run(a_state, w, mid, stats)
+                bar_ = rev(mid_state, b, bar_, depth + 1)
+                del mid_state
+                return rev(a_state, mid, bar_, depth)
+
+            if T:
+                bar = rev(first, T, bar, 0)
+        out.append(wbar.cpu())
+    stats.seconds = time.perf_counter() - t0
+    stats.extra["segment"] = k if schedule == "sqrt" else None
+    return torch.stack(out), stats
+
+
+def retrained_query_losses(model: torch.nn.Module, docs: list[Doc], queries: list[Doc], opts: TrainOptions,
+                           weights: torch.Tensor, pad_id: int = 0, query_reduction: str = "sum") -> torch.Tensor:
+    """Query losses [Q] after training a copy of `model` with the project's trainer (the reference
+    that finite differences of the metagradient are checked against)."""
+    import copy
+
+    from .train import evaluate_losses, train
+
+    m = copy.deepcopy(model)
+    m.requires_grad_(True)
+    train(m, docs, opts, weights=weights, pad_id=pad_id)
+    return evaluate_losses(m, queries, pad_id, next(m.parameters()).device, query_reduction)
