@@ -24,6 +24,8 @@ from .store import Index
 
 _corpora: dict[str, Corpus] = {}
 _corpora_lock = threading.Lock()
+_normalizers: dict[tuple, dict] = {}
+_normalizers_lock = threading.Lock()
 
 
 def open_corpus(uri: str, split: str, storage_options: dict) -> Corpus:
@@ -33,6 +35,34 @@ def open_corpus(uri: str, split: str, storage_options: dict) -> Corpus:
         if key not in _corpora:
             _corpora[key] = load_corpus(uri, split, storage_options)
         return _corpora[key]
+
+
+def open_normalizers(cfg: BuildConfig, loaded: LoadedModel, modules: list[ModuleInfo]) -> dict | None:
+    """The --optimizer-state normalisers of `modules` (None without one), cached per process like
+    models; a state that does not fit the model raises NormalizerError (a UserError)."""
+    if not cfg.optimizer_state:
+        return None
+    from .normalizers import load_normalizers, state_fingerprint
+
+    key = (state_fingerprint(cfg.optimizer_state), cfg.normalizer, id(loaded.model), tuple(m.name for m in modules))
+    with _normalizers_lock:
+        if key not in _normalizers:
+            _normalizers[key] = load_normalizers(cfg.optimizer_state, loaded.model, modules, cfg.normalizer)
+        return _normalizers[key]
+
+
+def check_optimizer_state(cfg: BuildConfig, meta: dict) -> None:
+    """Refuse an optimizer state whose bytes differ from the one the index was built with."""
+    want = meta["spec"].get("optimizer_state_sha256")
+    if not want:
+        return
+    from .normalizers import state_fingerprint
+
+    if state_fingerprint(cfg.optimizer_state) != want:
+        raise ConfigError(
+            f"optimizer state {cfg.optimizer_state} changed since index {cfg.index} was built with it: "
+            "restore it or rebuild the index"
+        )
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -78,6 +108,7 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
     check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column)
     loaded = load_model(cfg)
     modules = tracked_modules(loaded, cfg)
+    open_normalizers(cfg, loaded, modules)  # a state from another model is refused before anything is written
     meta = {
         "spec": cfg.spec(),
         "spec_hash": cfg.spec_hash(),
@@ -116,7 +147,8 @@ def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=No
         corpus, start, stop, loaded.tokenizer, cfg.max_length,
         cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column,
     )
-    grads, stats = compute_gradients(loaded, modules, docs, cfg, cfg.batch_tokens, on_batch)
+    grads, stats = compute_gradients(loaded, modules, docs, cfg, cfg.batch_tokens, on_batch,
+                                     normalizers=open_normalizers(cfg, loaded, modules))
     manifest = index.write_shard(
         shard, start, [d.doc_id for d in docs], [len(d.input_ids) for d in docs], grads, cfg.grad_dtype,
         extra={"tokens": stats.tokens, "empty_documents": stats.empty},

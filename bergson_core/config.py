@@ -69,6 +69,14 @@ class GradientOptions(_Options):
         "sum", description="Per-document loss: sum or mean of next-token cross-entropy."
     )
     grad_dtype: Literal["float16", "float32"] = Field("float16", description="Stored gradient dtype.")
+    optimizer_state: str | None = Field(
+        None, description="Optimizer state whose second moments normalise every gradient (TrackStar): a "
+        "Hugging Face Trainer checkpoint folder, an optimizer .pt state_dict or a .safetensors file.",
+    )
+    normalizer: Literal["auto", "adam", "adafactor"] = Field(
+        "auto", description="How --optimizer-state normalises: Adam (elementwise) or Adafactor (factored); "
+        "auto = from the state's keys.",
+    )
 
 
 class RunOptions(_Options):
@@ -93,6 +101,12 @@ class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):
         keys = list(ModelOptions.model_fields) + list(DataOptions.model_fields)
         keys += list(GradientOptions.model_fields) + ["shard_size"]
         spec = {k: getattr(self, k) for k in keys if k != "device"}
+        if self.optimizer_state is None:  # absent, so indexes built before these options keep their hash
+            del spec["optimizer_state"], spec["normalizer"]
+        else:  # the bytes of the state, not its path, decide the stored gradients
+            from .normalizers import state_fingerprint
+
+            spec["optimizer_state_sha256"] = state_fingerprint(self.optimizer_state)
         spec["code_version"] = CODE_VERSION
         return spec
 
@@ -118,7 +132,10 @@ class ScoreConfig(RunOptions, ModelOptions):
     )
     output: str | None = Field(None, description="Output folder (default: INDEX/scores/<queries-name>).")
     block_rows: int = Field(4096, gt=0, description="Corpus rows scored per block (bounds memory).")
-    preconditioner: str | None = Field(None, description="Name of a fitted preconditioner to apply.")
+    preconditioner: str | None = Field(
+        None, description="Name of a preconditioner fitted on this index (`bergson fit`), applied with the "
+        "damping and power it was fitted with: power -1 to the queries, any other power (-0.5) to both sides.",
+    )
 
 
 def spec_hash(spec: dict[str, Any]) -> str:

@@ -51,6 +51,26 @@ def _resolve(path: str) -> str:
     return path
 
 
+_fingerprints: dict[tuple, str] = {}
+
+
+def state_fingerprint(path: str) -> str:
+    """sha256 (16 hex digits) of the optimizer-state file `path` resolves to; it goes into the index
+    spec, so gradients normalised by another state are refused. Cached per (file, size, mtime)."""
+    import hashlib
+
+    resolved = os.path.realpath(_resolve(path))
+    st = os.stat(resolved)
+    key = (resolved, st.st_size, st.st_mtime_ns)
+    if key not in _fingerprints:
+        h = hashlib.sha256()
+        with open(resolved, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _fingerprints[key] = h.hexdigest()[:16]
+    return _fingerprints[key]
+
+
 def _no_decay_type(module: nn.Module) -> bool:
     return isinstance(module, nn.LayerNorm)
 

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .build import check_data_columns, open_corpus
+from .build import check_data_columns, check_optimizer_state, open_corpus, open_normalizers
 from .config import BuildConfig, ScoreConfig
 from .data import tokenize_rows
 from .errors import StoreError
@@ -47,6 +47,7 @@ def query_gradients(meta: dict, cfg: ScoreConfig) -> QueryGradients:
     prompt_col = cfg.query_prompt_column or bcfg.prompt_column
     comp_col = cfg.query_completion_column or bcfg.completion_column
     check_data_columns(queries, text_col, prompt_col, comp_col)
+    check_optimizer_state(bcfg, meta)
     loaded = load_model(bcfg)
     modules = tracked_modules(loaded, bcfg)
     if [m.to_json() for m in modules] != meta["modules"]:
@@ -56,7 +57,8 @@ def query_gradients(meta: dict, cfg: ScoreConfig) -> QueryGradients:
     docs = tokenize_rows(
         queries, 0, len(queries), loaded.tokenizer, bcfg.max_length, text_col, prompt_col, comp_col, None
     )
-    grads, _ = compute_gradients(loaded, modules, docs, bcfg, cfg.batch_tokens)
+    grads, _ = compute_gradients(loaded, modules, docs, bcfg, cfg.batch_tokens,
+                                 normalizers=open_normalizers(bcfg, loaded, modules))
     texts = preview_texts(queries, list(range(len(queries))), text_col, prompt_col, comp_col)
     return QueryGradients(grads.astype(np.float32), texts)
 
@@ -125,8 +127,12 @@ def score_index(
     block_rows: int,
     on_shard: Callable[[dict], None] | None = None,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    doc_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (scores [R, k], doc indices [R, k]) of every query over all shards of the index."""
+    """Top-k (scores [R, k], doc indices [R, k]) of every query over all shards of the index.
+
+    `transform` maps the query rows [Q, D] and `doc_transform` each block of corpus rows [n, D]
+    before scoring (e.g. a preconditioner: H^-1 on the queries, or H^-1/2 on both sides)."""
     meta = index.meta()
     manifests = index.manifests()
     if len(manifests) != meta["num_shards"]:
@@ -142,7 +148,10 @@ def score_index(
         table = index.open_shard(manifest["shard"], manifest)
         grads = grad_matrix(table)
         for lo in range(0, grads.shape[0], block_rows):
-            top.add(score_block(qt, grads[lo : lo + block_rows], metric, aggregate), manifest["start"] + lo)
+            block = grads[lo : lo + block_rows]  # [n, D]
+            if doc_transform is not None:
+                block = doc_transform(np.asarray(block, dtype=np.float32))
+            top.add(score_block(qt, block, metric, aggregate), manifest["start"] + lo)
         if on_shard:
             on_shard(manifest)
     return top.scores.numpy(), top.docs.numpy()
