@@ -77,14 +77,45 @@ def load_query_gradients(cfg: ScoreConfig) -> tuple[np.ndarray, dict]:
     return np.array(grad_matrix(table), dtype=np.float32), manifest
 
 
-def run_topk(cfg: ScoreConfig, on_shard=None, transform=None) -> dict:
-    """Score all shards, write OUTPUT/topk.parquet, return a summary with the table rows."""
+def preconditioner_transforms(cfg: ScoreConfig, meta: dict | None = None):
+    """(query transform, document transform or None, description) of --preconditioner NAME, applied
+    with the options it was fitted with; (None, None, None) without one. A preconditioner fitted in
+    another gradient space (projection, bias) or on other modules is refused (StoreError)."""
+    if not cfg.preconditioner:
+        return None, None, None
+    from . import curvature as C
+    from .curvature_config import ApplyOptions, applies_to_both_sides
+
+    index = Index(cfg.index, cfg.storage_options)
+    meta = meta or index.meta()
+    space, _, blocks = C.index_layout(meta)
+    fit = C.load_preconditioner(index, cfg.preconditioner, space=space)
+    if [b.to_json() for b in fit.blocks] != [b.to_json() for b in blocks]:
+        raise StoreError(f"preconditioner {cfg.preconditioner!r} was fitted on other modules than index "
+                         f"{cfg.index} tracks: refit it for this index (`bergson fit`)")
+    opts = ApplyOptions(**fit.meta.get("apply", {}))
+
+    def precondition(rows: np.ndarray) -> np.ndarray:  # [N, D] -> [N, D] float32
+        return C.apply(fit, np.asarray(rows, dtype=np.float32), opts)
+
+    both = applies_to_both_sides(opts)
+    info = {"name": cfg.preconditioner, "strategy": fit.strategy, "both_sides": both, **opts.model_dump()}
+    return precondition, (precondition if both else None), info
+
+
+def run_topk(cfg: ScoreConfig, on_shard=None, transform=None, doc_transform=None) -> dict:
+    """Score all shards, write OUTPUT/topk.parquet, return a summary with the table rows.
+    With cfg.preconditioner (and no explicit transforms) the fitted preconditioner is applied."""
     index = Index(cfg.index, cfg.storage_options)
     meta = index.meta()
+    precond = None
+    if transform is None and doc_transform is None:
+        transform, doc_transform, precond = preconditioner_transforms(cfg, meta)
     q, qman = load_query_gradients(cfg)
     t0 = time.perf_counter()
     scores, docs = score_index(
-        index, q, cfg.metric, cfg.aggregate, cfg.top_k, cfg.block_rows, on_shard=on_shard, transform=transform
+        index, q, cfg.metric, cfg.aggregate, cfg.top_k, cfg.block_rows, on_shard=on_shard, transform=transform,
+        doc_transform=doc_transform,
     )
     seconds = time.perf_counter() - t0
     spec = meta["spec"]
@@ -98,5 +129,6 @@ def run_topk(cfg: ScoreConfig, on_shard=None, transform=None) -> dict:
         "query_texts": qman["texts"],
         "documents": meta["dataset"]["rows"],
         "seconds": seconds,
+        "preconditioner": precond,
         "rows": table.to_pylist(),
     }

@@ -21,9 +21,13 @@ def run(args) -> int:
 
 
 def run_score(cfg: ScoreConfig) -> dict:
-    from bergson_core.score_run import ensure_query_gradients
+    from bergson_core.score_run import ensure_query_gradients, preconditioner_transforms
 
-    overlapped(lambda: ensure_query_gradients(cfg))  # query gradients while Prefect starts
+    def preload():
+        preconditioner_transforms(cfg)  # a preconditioner of another projection is refused at once
+        return ensure_query_gradients(cfg)
+
+    overlapped(preload)  # query gradients while Prefect starts
     from ..score import score
 
     return score(cfg)

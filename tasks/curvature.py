@@ -1,0 +1,56 @@
+"""Tasks of the fit flow: plan, one shard's partial statistics (map), reduce, fit and save.
+
+The map task is cached on spec hash + index + strategy + pass + shard + code version and skips a
+shard whose partial is already in the store; reduce and fit skip themselves when their output was
+made from the same inputs. Retries are for transient faults only (tasks/policy.py).
+"""
+
+from __future__ import annotations
+
+from prefect import task
+
+from bergson_core.curvature_config import FitConfig
+from bergson_core.fit_run import fit_and_save, lambda_pass, plan_fit, reduce_pass, stats_shard
+
+from . import progress
+from .policy import RETRIES, RETRY_DELAYS, cache_key, retry_transient
+
+_POLICY = dict(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
+
+
+@task(name="plan-fit", **_POLICY)
+def plan(config: FitConfig) -> dict:
+    """Validate the options against the index; list the statistic passes and their shards."""
+    return plan_fit(config)
+
+
+@task(name="plan-ekfac-lambda", **_POLICY)
+def plan_lambda(config: FitConfig, fit_plan: dict, basis: str) -> dict:
+    """EK-FAC's second pass, in the eigenbasis of the saved KFAC fit `basis`."""
+    return lambda_pass(config, fit_plan, basis)
+
+
+def _stats_key(context, parameters) -> str:
+    cfg: FitConfig = parameters["config"]
+    p = parameters["pass_"]
+    return cache_key("stats", p["settings"]["index_spec_hash"], cfg.index, cfg.strategy, p["dir"], parameters["shard"])
+
+
+@task(name="stats-shard", tags=["gpu"], cache_key_fn=_stats_key, persist_result=True, result_serializer="json",
+      **_POLICY)
+def stats(config: FitConfig, pass_: dict, shard: int, start: int, stop: int) -> dict:
+    """One shard's partial statistics -> INDEX/stats/<pass dir>/shard-i (skipped when present)."""
+    return stats_shard(config, pass_, shard, start, stop, on_batch=progress.advance)
+
+
+@task(name="reduce-stats", **_POLICY)
+def reduce(config: FitConfig, pass_: dict) -> dict:
+    """Sum the pass's partials into INDEX/stats/<pass dir>/total."""
+    return reduce_pass(config, pass_)
+
+
+@task(name="fit-preconditioner", **_POLICY)
+def fit(config: FitConfig, strategy: str, totals: dict, name: str, base: str | None = None) -> dict:
+    """float64 fit from the reduced totals -> INDEX/precond/<name>/."""
+    result = fit_and_save(config, strategy, totals, name, base)
+    return {k: v for k, v in result.items() if k != "meta"} | {"mix_lambda": result["meta"].get("mix_lambda")}
