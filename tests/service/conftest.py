@@ -229,8 +229,9 @@ class Worker:
         return self.log.read_text()[-n:] if self.log.exists() else ""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def workers(service_root, client_env):
+    """Start workers for one test; all of them are stopped when the test ends, passed or failed."""
     started: list[Worker] = []
 
     def start(pool: str, name: str) -> Worker:

@@ -108,11 +108,13 @@ def test_build_and_score_by_deployment(deployed, prefect_client, workers, assets
     table = pq.read_table(f"{BUCKET}/indexes/e2e/scores/queries/topk.parquet", filesystem=fs)
     assert table.num_rows == 2 * 3
 
-    # task results and cache records went to the bucket, not to the worker's home folder
+    # task results and cache records went to the bucket as JSON (every object parses), not to the
+    # worker's home folder; flow return values are stored as bare JSON documents
     results = _objects(s3, "prefect-results/")
     assert len(results) >= shards
-    record = json.loads(s3["client"].get_object(Bucket=BUCKET, Key=next(iter(results)))["Body"].read())
-    assert record["metadata"]["serializer"]["type"] == "json"
+    records = [json.loads(s3["client"].get_object(Bucket=BUCKET, Key=k)["Body"].read()) for k in results]
+    serializers = {r["metadata"]["serializer"]["type"] for r in records if "metadata" in r}
+    assert serializers == {"json"}, serializers
     assert not (service_root / "worker-a-home" / "storage").exists()
 
     # `bergson status` on the bucket: complete, scores present, the build run found on the server
@@ -127,7 +129,6 @@ def test_build_and_score_by_deployment(deployed, prefect_client, workers, assets
     keys = {a.key for a in prefect_client.read_artifacts() if a.key}
     assert any(k.endswith("-summary") for k in keys) and any(k.endswith("-progress") for k in keys)
     assert any(k.startswith("topk-") for k in keys)
-    worker.stop()  # the next test brings its own workers
 
 
 def test_killed_worker_resumes_without_recomputing(deployed, prefect_client, workers, assets, s3, client_env):
