@@ -3,11 +3,12 @@ pydantic models, so a CLI flag, a YAML key and a flow parameter are the same nam
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from .config import RunOptions
+from .config import DataOptions, ModelOptions, RunOptions
+from .eval_config import QueryOptions, TrainOptions
 
 
 class TracInConfig(RunOptions):
@@ -30,3 +31,23 @@ class TracInConfig(RunOptions):
     output: str = Field(..., description="Output folder: topk.parquet, tracin.json, query gradients.")
     block_rows: int = Field(4096, gt=0, description="Corpus rows scored per block (bounds memory).")
     device: str = Field("auto", description="Torch device for the query gradients; auto = cuda when present.")
+
+
+
+
+
+class MagicConfig(QueryOptions, TrainOptions, DataOptions, ModelOptions):
+    """`bergson magic`: exact metagradients of each query's loss after training w.r.t. every document's
+    training weight. --model is the init and the training options are the recipe (as for `validate`)."""
+
+    output: str = Field(..., description="Output folder: topk.parquet (every document, usable by `bergson "
+                        "validate`), magic.json (memory and time of the run).")
+    schedule: Literal["every", "sqrt", "log"] = Field(
+        "sqrt", description="Checkpointing of the training states for the backward pass: every (keep all "
+        "T states), sqrt (keep every sqrt(T)-th, recompute segments), log (bisection: log2 T states, "
+        "T log2 T recomputed steps).")
+    aggregate: Literal["individual", "sum"] = Field(
+        "individual", description="One backward pass per query, or one for the sum of the query losses.")
+    queries_per_task: int = Field(0, ge=0, description="Queries per task (each task trains forward once and "
+                                  "runs a backward pass per query; 0 = all in one task).")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options.")

@@ -1,10 +1,11 @@
-"""Tasks of the training-dynamics flows (TracIn): thin wrappers around bergson_core.tracin."""
+"""Tasks of the training-dynamics flows (TracIn, MAGIC): thin wrappers around bergson_core.tracin and
+bergson_core.magic."""
 
 from __future__ import annotations
 
 from prefect import task
 
-from bergson_core.dynamics_config import TracInConfig
+from bergson_core.dynamics_config import MagicConfig, TracInConfig
 
 from .policy import RETRIES, RETRY_DELAYS, retry_transient
 
@@ -51,3 +52,21 @@ def tracin_score(config: TracInConfig, query_files: list[str]) -> dict:
     queries = [grad_matrix(read_grads(f, config.storage_options)) for f in query_files]
     scores, docs = tracin_topk(indexes, metas, queries, lrs, config.metric, config.top_k, config.block_rows)
     return write_tracin(config, metas, scores, docs, lrs)
+
+
+@task(name="magic-part", tags=["gpu"], retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def magic_part(config: MagicConfig, lo: int, hi: int) -> dict:
+    """Train forward once, then one backward pass per query in [lo, hi) (or one for their sum);
+    the metagradients go to OUTPUT/parts (reused when already there for the same recipe)."""
+    from bergson_core.magic import run_part
+
+    return run_part(config, lo, hi)
+
+
+@task(name="magic-scores", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
+def magic_scores(config: MagicConfig, parts: list[dict]) -> dict:
+    """score = -dQ/dw for every (query, document) -> topk.parquet and magic.json."""
+    from bergson_core.magic import write_scores
+
+    return write_scores(config, parts)
