@@ -232,11 +232,12 @@ class EkfacConfig(_Recipe):
     )
     mode: Literal["auto", "exact", "projected"] = Field(
         "auto",
-        description="exact: full (unprojected) float32 corpus gradients, EK-FAC fitted on full gradients, exact "
-        "influence up to the EK-FAC approximation. projected: an APPROXIMATION: EK-FAC fitted in the random "
+        description="exact: the corpus gradients are recomputed unprojected (stored in INDEX as float32) and EK-FAC "
+        "is fitted on full gradients: exact influence up to the EK-FAC approximation. projected: an APPROXIMATION: EK-FAC fitted in the random "
         "projection of the index (its eigenvalue pass over the stored rows) and scored against the projected "
         "rows, so scores only approximate exact ones (Johnson-Lindenstrauss); cheap for large corpora. "
-        "auto: exact when full float32 gradients of the corpus fit in --exact-max-bytes.",
+        "auto: exact when full float32 gradients of the corpus fit in --exact-max-bytes (or as --projection-dim says: "
+        "0 exact, p > 0 projected).",
     )
     exact_max_bytes: int = Field(
         2 << 30, gt=0, description="auto mode picks exact while documents x full row width x 4 bytes stays below this."
@@ -254,12 +255,24 @@ class EkfacConfig(_Recipe):
         return BuildConfig(**fields)
 
     def fit_config(self, mode: str) -> FitConfig:
-        return FitConfig(strategy="ekfac", stats_source="model" if mode == "exact" else "rows", power=-1.0,
+        rows = mode == "projected" and self.fisher == "empirical"  # stored rows carry empirical gradients
+        return FitConfig(strategy="ekfac", stats_source="rows" if rows else "model", power=-1.0,
                          fisher=self.fisher, fisher_seed=self.fisher_seed, **self._fit_fields())
 
     def score_config(self) -> ScoreConfig:  # type: ignore[override]
         return super().score_config("inner")
 
 
-__all__ = ["ApplyOptions", "DampingOptions", "EkfacConfig", "FitConfig", "FitOptions", "QueryOptions",
-           "STRATEGY_NAMES", "StatsOptions", "TrackstarConfig", "applies_to_both_sides", "apply_options"]
+__all__ = [
+    "STRATEGY_NAMES",
+    "ApplyOptions",
+    "DampingOptions",
+    "EkfacConfig",
+    "FitConfig",
+    "FitOptions",
+    "QueryOptions",
+    "StatsOptions",
+    "TrackstarConfig",
+    "applies_to_both_sides",
+    "apply_options",
+]

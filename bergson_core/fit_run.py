@@ -167,8 +167,8 @@ def _compute(cfg: FitConfig, index: Index, p: dict, start: int, stop: int, shard
     bcfg, loaded, modules, corpus = check_model(cfg, meta)
     docs = tokenize_rows(corpus, start, stop, loaded.tokenizer, bcfg.max_length, bcfg.text_column,
                          bcfg.prompt_column, bcfg.completion_column, bcfg.id_column)
-    kw = dict(fisher=cfg.fisher, seed=cfg.fisher_seed, loss_reduction=bcfg.loss_reduction,
-              batch_tokens=cfg.batch_tokens, on_batch=on_batch)
+    kw = {"fisher": cfg.fisher, "seed": cfg.fisher_seed, "loss_reduction": bcfg.loss_reduction,
+          "batch_tokens": cfg.batch_tokens, "on_batch": on_batch}
     if kind == "ekfac-lambda":
         return C.lambda_partial_stats(loaded, modules, docs, _basis(index, p), **kw)
     space = C.Space(**p["settings"]["space"])

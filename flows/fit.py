@@ -24,6 +24,7 @@ from .runners import task_runner
 @flow(name="fit-preconditioner", log_prints=True, task_runner=task_runner())
 def fit(config: FitConfig) -> dict:
     t0 = time.perf_counter()
+    config.source()  # impossible option pairs fail before any work
     if config.queries:
         query_gradients(config.query_score_config())
     plan = curvature.plan(config)

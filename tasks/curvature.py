@@ -10,12 +10,18 @@ from __future__ import annotations
 from prefect import task
 
 from bergson_core.curvature_config import FitConfig
-from bergson_core.fit_run import fit_and_save, lambda_pass, plan_fit, reduce_pass, stats_shard
+from bergson_core.fit_run import (
+    fit_and_save,
+    lambda_pass,
+    plan_fit,
+    reduce_pass,
+    stats_shard,
+)
 
 from . import progress
 from .policy import RETRIES, RETRY_DELAYS, cache_key, retry_transient
 
-_POLICY = dict(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
+_POLICY = {"retries": RETRIES, "retry_delay_seconds": RETRY_DELAYS, "retry_condition_fn": retry_transient}
 
 
 @task(name="plan-fit", **_POLICY)

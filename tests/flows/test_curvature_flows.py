@@ -24,8 +24,8 @@ from .test_cli_errors import _assert_user_error
 
 def _build(ws, index, **kw) -> BuildConfig:
     """An index built with the plain library functions (the build flow has its own tests)."""
-    opts = dict(index=str(index), model=ws["model"], dataset=ws["corpus"], id_column="id", shard_size=5,
-                projection_dim=4, grad_dtype="float32", dtype="float64", progress=False)
+    opts = {"index": str(index), "model": ws["model"], "dataset": ws["corpus"], "id_column": "id", "shard_size": 5,
+            "projection_dim": 4, "grad_dtype": "float32", "dtype": "float64", "progress": False}
     cfg = BuildConfig(**{**opts, **kw})
     plan = prepare_build(cfg)
     for shard, start, stop in plan.shards:
@@ -114,7 +114,7 @@ def _cosine_reference(index: str, query_file: str, lam_target: int, damping: flo
     meta = ix.meta()
     d = np.concatenate([grad_matrix(t) for _, t in ix.iter_shards()]).astype(np.float64)
     q = grad_matrix(read_grads(query_file)).astype(np.float64)
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
     ud, uq = unit(d), unit(q)
     cols = [(m["offset"], m["offset"] + m["width"]) for m in meta["modules"]]
     hc = [ud[:, a:b].T @ ud[:, a:b] / len(ud) for a, b in cols]
