@@ -48,6 +48,8 @@ class MagicConfig(QueryOptions, TrainOptions, DataOptions, ModelOptions):
         "T log2 T recomputed steps).")
     aggregate: Literal["individual", "sum"] = Field(
         "individual", description="One backward pass per query, or one for the sum of the query losses.")
+    query_batch: int = Field(16, gt=0, description="Queries whose backward passes run together (vmapped "
+                             "vector-Jacobian products: fewer recomputations, more memory).")
     queries_per_task: int = Field(0, ge=0, description="Queries per task (each task trains forward once and "
                                   "runs a backward pass per query; 0 = all in one task).")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options.")

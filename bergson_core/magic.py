@@ -174,8 +174,9 @@ def query_loss(unrolled: Unrolled, params: Params, queries: list[Doc], seeds: to
     return (losses * seeds.to(losses.dtype)).sum()
 
 
-def _vjp(unrolled: Unrolled, st: State, w: torch.Tensor, bar: State) -> tuple[State, torch.Tensor]:
-    """(d theta_s, d opt_s) and dw of <bar, step(st, w)>: one reverse step."""
+def _vjp(unrolled: Unrolled, st: State, w: torch.Tensor, bar: State, batched: bool = False) -> tuple[State, torch.Tensor]:
+    """(d theta_s, d opt_s) and dw of <bar, step(st, w)>: one reverse step. With `batched`, every
+    cotangent in `bar` has a leading dimension R (one per query seed), vmapped by autograd."""
     names = unrolled.names
     p = {n: st.params[n].detach().requires_grad_(True) for n in names}
     o = {n: {k: t.detach().requires_grad_(True) for k, t in st.opt[n].items()} for n in names}
@@ -186,8 +187,10 @@ def _vjp(unrolled: Unrolled, st: State, w: torch.Tensor, bar: State) -> tuple[St
     cots = [bar.params[n] for n in names] + [bar.opt[n][k] for n, k in keys]
     ins = [p[n] for n in names] + [o[n][k] for n, k in keys] + [wl]
     pairs = [(x, c) for x, c in zip(outs, cots) if x.requires_grad]
-    grads = torch.autograd.grad([x for x, _ in pairs], ins, grad_outputs=[c for _, c in pairs], allow_unused=True)
-    grads = [torch.zeros_like(i) if g is None else g.detach() for g, i in zip(grads, ins)]
+    grads = torch.autograd.grad([x for x, _ in pairs], ins, grad_outputs=[c for _, c in pairs], allow_unused=True,
+                                is_grads_batched=batched)
+    lead = (pairs[0][1].shape[0],) if batched else ()
+    grads = [i.new_zeros(lead + i.shape) if g is None else g.detach() for g, i in zip(grads, ins)]
     gp = dict(zip(names, grads[:len(names)]))
     go: OptState = {n: {} for n in names}
     for (n, k), g in zip(keys, grads[len(names):-1]):
@@ -197,9 +200,12 @@ def _vjp(unrolled: Unrolled, st: State, w: torch.Tensor, bar: State) -> tuple[St
 
 def metagradients(model: torch.nn.Module, docs: list[Doc], queries: list[Doc], opts: TrainOptions,
                   weights: torch.Tensor | None = None, schedule: str = "every", pad_id: int = 0,
-                  per_query: bool = True, query_reduction: str = "sum") -> tuple[torch.Tensor, MagicStats]:
+                  per_query: bool = True, query_reduction: str = "sum",
+                  query_batch: int = 1) -> tuple[torch.Tensor, MagicStats]:
     """dQ_q(theta_T)/dw [Q, N] (per_query) or d sum_q Q_q / dw [1, N], and the run's statistics.
-    `model` holds the initial weights and is not changed."""
+    `model` holds the initial weights and is not changed. `query_batch` > 1 runs that many queries'
+    backward passes together (vmapped vector-Jacobian products: one recomputation, one graph per
+    step for the whole group, R times the cotangent memory)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown checkpointing schedule {schedule!r}; choose from {SCHEDULES}")
     t0 = time.perf_counter()
@@ -225,18 +231,24 @@ def metagradients(model: torch.nn.Module, docs: list[Doc], queries: list[Doc], o
     seeds = torch.eye(len(queries), dtype=torch.float64) if per_query else torch.ones(1, len(queries),
                                                                                         dtype=torch.float64)
     out = []
-    for seed in seeds:
-        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-            fp = {n: t.detach().requires_grad_(True) for n, t in final.params.items()}
-            q = query_loss(un, fp, queries, seed, query_reduction)
-            gq = torch.autograd.grad(q, [fp[n] for n in un.names], allow_unused=True)
-        bar = State(T, {n: (torch.zeros_like(fp[n]) if g is None else g.detach()) for n, g in zip(un.names, gq)},
-                    {n: {kk: torch.zeros_like(t) for kk, t in final.opt[n].items()} for n in un.names})
-        wbar = torch.zeros_like(w)
+    batched = query_batch > 1
+    for lo in range(0, seeds.shape[0], max(1, query_batch)):
+        group = seeds[lo:lo + max(1, query_batch)]  # [R, Q]
+        firsts = []
+        for seed in group:
+            with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+                fp = {n: t.detach().requires_grad_(True) for n, t in final.params.items()}
+                q = query_loss(un, fp, queries, seed, query_reduction)
+                gq = torch.autograd.grad(q, [fp[n] for n in un.names], allow_unused=True)
+            firsts.append({n: (torch.zeros_like(fp[n]) if g is None else g.detach()) for n, g in zip(un.names, gq)})
+        lead = (len(group),) if batched else ()
+        bar = State(T, {n: torch.stack([f[n] for f in firsts]) if batched else firsts[0][n] for n in un.names},
+                    {n: {kk: t.new_zeros(lead + t.shape) for kk, t in final.opt[n].items()} for n in un.names})
+        wbar = w.new_zeros(lead + w.shape)
 
         def back(st_s: State, bar_: State) -> State:
             nonlocal wbar
-            bar_, dw = _vjp(un, st_s, w, bar_)
+            bar_, dw = _vjp(un, st_s, w, bar_, batched)
             wbar = wbar + dw
             stats.backward_steps += 1
             return bar_
@@ -267,10 +279,10 @@ def metagradients(model: torch.nn.Module, docs: list[Doc], queries: list[Doc], o
 
             if T:
                 bar = rev(first, T, bar, 0)
-        out.append(wbar.cpu())
+        out.append(wbar.cpu() if batched else wbar.cpu()[None])
     stats.seconds = time.perf_counter() - t0
     stats.extra["segment"] = k if schedule == "sqrt" else None
-    return torch.stack(out), stats
+    return torch.cat(out), stats
 
 
 def retrained_query_losses(model: torch.nn.Module, docs: list[Doc], queries: list[Doc], opts: TrainOptions,
@@ -325,7 +337,7 @@ def load_recipe(cfg):
 def part_key(cfg, lo: int, hi: int) -> str:
     from .config import spec_hash
 
-    recipe = cfg.model_dump(exclude={"output", "queries_per_task", "device", "storage_options"})
+    recipe = cfg.model_dump(exclude={"output", "queries_per_task", "query_batch", "device", "storage_options"})
     return spec_hash({"recipe": recipe, "queries": [lo, hi]})
 
 
@@ -357,7 +369,7 @@ def run_part(cfg, lo: int, hi: int) -> dict:
             return {"path": path, "reused": True, **json.loads(meta.get("stats", "{}"))}
     model, docs, qdocs, pad = load_recipe(cfg)
     grads, stats = metagradients(model, docs, qdocs[lo:hi], cfg, schedule=cfg.schedule, pad_id=pad,
-                                 per_query=cfg.aggregate == "individual")
+                                 per_query=cfg.aggregate == "individual", query_batch=cfg.query_batch)
     info = {"schedule": stats.schedule, "steps": stats.steps, "forward_steps": stats.forward_steps,
             "backward_steps": stats.backward_steps, "peak_states": stats.peak_states,
             "state_bytes": stats.state_bytes, "peak_bytes": stats.peak_bytes, "seconds": stats.seconds}

@@ -82,3 +82,13 @@ def test_unrolled_training_is_the_project_trainer(setup, kind):
     train(ref, setup["docs"], opts, weights=w)
     for name, p in ref.named_parameters():
         torch.testing.assert_close(final.params[name], p.detach(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_batched_queries_equal_one_backward_pass_per_query(setup, kind):
+    opts = OPTIONS[kind]
+    one, s_one = metagradients(setup["model"], setup["docs"], setup["queries"], opts, schedule="sqrt")
+    batch, s_batch = metagradients(setup["model"], setup["docs"], setup["queries"], opts, schedule="sqrt",
+                                   query_batch=2)
+    torch.testing.assert_close(batch, one, rtol=1e-10, atol=1e-13)
+    assert s_batch.backward_steps * 2 == s_one.backward_steps  # one differentiated step serves both queries
