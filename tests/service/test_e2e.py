@@ -69,6 +69,8 @@ def test_deploy_registers_pool_storage_limit_and_deployments(deployed, prefect_c
     limit = prefect_client.read_concurrency_limit_by_tag("gpu")
     assert limit.concurrency_limit == GPU_LIMIT
 
+    names = {d.name for d in prefect_client.read_deployments()}
+    assert {"build-index", "score-index", "fit-preconditioner", "trackstar", "ekfac", "validate"} <= names
     build = prefect_client.read_deployment_by_name("build-index/build-index")
     score = prefect_client.read_deployment_by_name("score-index/score-index")
     assert build.entrypoint == "flows.build:build_index" and score.entrypoint == "flows.score:score"
