@@ -42,7 +42,7 @@ class MagicConfig(QueryOptions, TrainOptions, DataOptions, ModelOptions):
 
     output: str = Field(..., description="Output folder: topk.parquet (every document, usable by `bergson "
                         "validate`), magic.json (memory and time of the run).")
-    schedule: Literal["every", "sqrt", "log"] = Field(
+    checkpointing: Literal["every", "sqrt", "log"] = Field(
         "sqrt", description="Checkpointing of the training states for the backward pass: every (keep all "
         "T states), sqrt (keep every sqrt(T)-th, recompute segments), log (bisection: log2 T states, "
         "T log2 T recomputed steps).")

@@ -368,7 +368,7 @@ def run_part(cfg, lo: int, hi: int) -> dict:
         if meta.get("key") == key:
             return {"path": path, "reused": True, **json.loads(meta.get("stats", "{}"))}
     model, docs, qdocs, pad = load_recipe(cfg)
-    grads, stats = metagradients(model, docs, qdocs[lo:hi], cfg, schedule=cfg.schedule, pad_id=pad,
+    grads, stats = metagradients(model, docs, qdocs[lo:hi], cfg, schedule=cfg.checkpointing, pad_id=pad,
                                  per_query=cfg.aggregate == "individual", query_batch=cfg.query_batch)
     info = {"schedule": stats.schedule, "steps": stats.steps, "forward_steps": stats.forward_steps,
             "backward_steps": stats.backward_steps, "peak_states": stats.peak_states,
@@ -412,7 +412,7 @@ def write_scores(cfg, parts: list[dict]) -> dict:
     out = write_table(table, fsu.join(cfg.output.rstrip("/"), TOPK_FILE), cfg.storage_options)
     summary = {
         "method": "magic", "output": out, "queries": int(scores.shape[0]), "documents": int(scores.shape[1]),
-        "schedule": cfg.schedule, "aggregate": cfg.aggregate, "optimizer": cfg.optimizer,
+        "checkpointing": cfg.checkpointing, "aggregate": cfg.aggregate, "optimizer": cfg.optimizer,
         "steps": parts[0].get("steps") if parts else 0,
         "peak_states": max((p.get("peak_states", 0) for p in parts), default=0),
         "peak_state_bytes": max((p.get("peak_bytes", 0) for p in parts), default=0),

@@ -24,7 +24,7 @@ def magic(config: MagicConfig) -> dict:
     chunks = query_chunks(n, config.queries_per_task)
     futures = magic_part.map(unmapped(config), [lo for lo, _ in chunks], [hi for _, hi in chunks])
     summary = magic_scores(config, [f.result() for f in futures])
-    key = artifacts.artifact_key("magic", os.path.basename(config.queries.rstrip("/")), config.schedule)
+    key = artifacts.artifact_key("magic", os.path.basename(config.queries.rstrip("/")), config.checkpointing)
     artifacts.table(key, [{k: v for k, v in summary.items() if k != "parts"}],
-                    f"MAGIC metagradients ({config.schedule} checkpointing) -> {summary['output']}")
+                    f"MAGIC metagradients ({config.checkpointing} checkpointing) -> {summary['output']}")
     return summary

@@ -18,7 +18,7 @@ def run(args) -> int:
     from rich.console import Console
 
     s = run_magic(build_config(MagicConfig, args))
-    Console().print(f"MAGIC over {s['steps']} steps ({s['schedule']} checkpointing, at most {s['peak_states']} "
+    Console().print(f"MAGIC over {s['steps']} steps ({s['checkpointing']} checkpointing, at most {s['peak_states']} "
                     f"states = {s['peak_state_bytes'] / 2**20:.1f} MiB, {s['forward_steps']} forward and "
                     f"{s['backward_steps']} backward steps, {s['compute_seconds']:.1f} s): {s['output']}")
     return 0

@@ -40,7 +40,7 @@ def config(facts, **kw) -> MagicConfig:
 
 
 def test_score_file_is_minus_the_metagradient(facts, tmp_path):
-    cfg = config(facts, output=str(tmp_path / "lib"), queries_per_task=3, schedule="log")
+    cfg = config(facts, output=str(tmp_path / "lib"), queries_per_task=3, checkpointing="log")
     summary = run_magic(cfg)
     assert len(summary["parts"]) == 3  # 8 queries in chunks of 3
     model, docs, qdocs, pad = load_recipe(cfg)
@@ -55,7 +55,7 @@ def test_cli_flow_resumes_and_validates(facts, tmp_path, prefect_api):
 
     out = tmp_path / "cli"
     args = ["magic", "--model", facts["model"], "--dataset", facts["dataset"], "--queries", facts["queries"],
-            "--output", str(out), "--schedule", "sqrt", "--queries-per-task", "4"]
+            "--output", str(out), "--checkpointing", "sqrt", "--queries-per-task", "4"]
     for k, v in RECIPE.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     env = dict(os.environ, PREFECT_API_URL=prefect_api, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
@@ -66,7 +66,7 @@ def test_cli_flow_resumes_and_validates(facts, tmp_path, prefect_api):
     assert again.returncode == 0, again.stderr[-2000:]
     summary = json.loads((out / "magic.json").read_text())
     assert [p["reused"] for p in summary["parts"]] == [True, True]
-    lib = run_magic(config(facts, output=str(tmp_path / "lib"), schedule="sqrt", queries_per_task=4))
+    lib = run_magic(config(facts, output=str(tmp_path / "lib"), checkpointing="sqrt", queries_per_task=4))
     want = dense_scores(lib["output"], facts["nq"], facts["documents"])
     np.testing.assert_allclose(dense_scores(str(out / "topk.parquet"), facts["nq"], facts["documents"]), want,
                                rtol=1e-5, atol=1e-6 * np.abs(want).max())
@@ -77,3 +77,8 @@ def test_cli_flow_resumes_and_validates(facts, tmp_path, prefect_api):
         num_subsets=8, scores=[str(out / "topk.parquet")], names=["magic"], **keep))
     lds = report["methods"][0]["lds"]
     assert lds > 0.5, report["methods"]  # exact first-order effects of the weights track retraining
+
+
+def test_checkpointing_option_leaves_the_learning_rate_schedule_alone(facts, tmp_path):
+    cfg = config(facts, output=str(tmp_path), schedule="constant", checkpointing="log")
+    assert (cfg.schedule, cfg.checkpointing) == ("constant", "log")
