@@ -1,0 +1,82 @@
+"""Benchmark rows of the training-dynamics methods (TracIn over checkpoints, MAGIC), registered
+into `bergson benchmark`'s method registry. Not a command (no NAME): the CLI imports every module
+here when it starts, which is what registers them.
+
+Both rows read the bank's recipe (bank.json), so they attribute exactly the run the bank retrains:
+TracIn retrains it once with checkpoints (bit-identical weights: the trainer is deterministic), builds
+one index per checkpoint and sums lr-weighted inner products; MAGIC differentiates the whole run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from .benchmark import Bench, method
+
+TRACIN_CHECKPOINTS = 4
+
+
+def _recipe(bench: Bench) -> dict:
+    from bergson_core.eval.bank import Bank
+
+    return Bank(os.path.join(bench.workdir, "bank")).meta()["recipe"]
+
+
+@method("TracIn (4 checkpoints)", "sum over 4 checkpoints of lr x projected gradient inner product "
+        "(Pruthi et al. 2020)")
+def _tracin(bench: Bench) -> str:
+    import math
+
+    from bergson_core.build import open_corpus
+    from bergson_core.config import BuildConfig
+    from bergson_core.data import tokenize_rows
+    from bergson_core.dynamics_config import TracInConfig
+    from bergson_core.eval_config import TrainOptions
+    from bergson_core.models import load_model
+    from bergson_core.train import total_steps, train
+
+    from ..tracin import tracin
+    from .build import run_build
+
+    recipe = _recipe(bench)
+    root = os.path.join(bench.workdir, "tracin")
+    shutil.rmtree(root, ignore_errors=True)
+    corpus = open_corpus(recipe["dataset"], recipe["split"], {})
+    loaded = load_model(BuildConfig(index=root, model=recipe["model"], dtype="float32", device="cpu"))
+    docs = tokenize_rows(corpus, 0, len(corpus), loaded.tokenizer, recipe["max_length"], recipe["text_column"],
+                         recipe["prompt_column"], recipe["completion_column"], recipe["id_column"])
+    opts = TrainOptions(**{k: recipe[k] for k in TrainOptions.model_fields})
+    steps = total_steps(len(docs), opts)
+    opts = opts.model_copy(update={"checkpoint_every": math.ceil(steps / TRACIN_CHECKPOINTS)})
+    import copy
+
+    model = copy.deepcopy(loaded.model).requires_grad_(True)
+    train(model, docs, opts, pad_id=getattr(loaded.tokenizer, "pad_token_id", None) or 0,
+          checkpoint_dir=os.path.join(root, "run"), tokenizer=loaded.tokenizer)
+    indexes = []
+    for name in sorted(os.listdir(os.path.join(root, "run")), key=lambda n: int(n.split("-")[1])):
+        index = os.path.join(root, "indexes", name)
+        run_build(BuildConfig(index=index, model=os.path.join(root, "run", name, "model"), dataset=bench.corpus,
+                              id_column="id", projection_dim=bench.projection_dim, loss_reduction="mean",
+                              grad_dtype="float32", progress=False))
+        indexes.append(index)
+    summary = tracin(TracInConfig(indexes=indexes, queries=bench.queries, query_prompt_column="prompt",
+                                  query_completion_column="completion", output=os.path.join(root, "scores"),
+                                  progress=False))
+    return summary["output"]
+
+
+@method("MAGIC (exact metagradients)", "d query loss / d document weight by reverse-mode through all "
+        "AdamW steps, sqrt checkpointing (Ilyas & Engstrom et al. 2025)")
+def _magic(bench: Bench) -> str:
+    from bergson_core.dynamics_config import MagicConfig
+
+    from ..magic import magic
+
+    recipe = _recipe(bench)
+    out = os.path.join(bench.workdir, "magic")
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = MagicConfig(**{k: v for k, v in recipe.items() if k in MagicConfig.model_fields},
+                      output=out, checkpointing="sqrt", query_batch=64, device="cpu")
+    return magic(cfg)["output"]
