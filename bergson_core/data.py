@@ -90,7 +90,8 @@ def load_corpus(uri: str, split: str = "train", storage_options: dict | None = N
     fmt = _format_of(uri)
     if fmt:
         table, stamp = _read_file(uri, fmt, storage_options)
-        ds = datasets.Dataset(table)
+        # our own fingerprint: datasets would otherwise hash the whole table (slow, noisy logs)
+        ds = datasets.Dataset(table, fingerprint=hashlib.sha256(f"{uri}|{stamp}".encode()).hexdigest()[:16])
     elif os.path.isdir(uri):
         try:
             ds = datasets.load_from_disk(uri)

@@ -38,6 +38,7 @@ def build_index(config: BuildConfig) -> dict:
         raise StoreError(f"index {config.index} is still incomplete after the build: rerun `bergson build`")
     summary = _summary(config, plan, list(results.values()), time.perf_counter() - t0)
     artifacts.markdown(key + "-summary", summary["markdown"], f"Build of {config.index}")
+    artifacts.link(key + "-index", config.index, "The gradient index (index.json + Arrow shards)")
     return {k: v for k, v in summary.items() if k != "markdown"}
 
 
@@ -49,7 +50,10 @@ def _extract(config: BuildConfig, shards, tracker, refresh: bool = False) -> lis
     futures = task.map(unmapped(config), shard=list(ids), start=list(starts), stop=list(stops))
     results = []
     for fut in as_completed(futures):
-        results.append(fut.result())
+        result = fut.result()
+        if fut.state.name == "Cached":  # finished by an earlier run: nothing computed now
+            result = {**result, "skipped": True}
+        results.append(result)
         if tracker:
             tracker.step()
     return results

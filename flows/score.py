@@ -20,6 +20,7 @@ def score(config: ScoreConfig) -> dict:
     shown = [{k: r[k] for k in ("query_index", "rank", "doc_index", "score", "doc_id", "text")}
              for r in result["rows"][:1000]]
     artifacts.table(key, shown, f"Top-{config.top_k} documents per query ({config.metric}) -> {result['output']}")
+    artifacts.link(key + "-parquet", result["output"], "The full top-k table as Parquet")
     return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from prefect.artifacts import (
+    create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -34,3 +35,11 @@ def markdown(key: str, text: str, description: str) -> None:
 
 def table(key: str, rows: list[dict], description: str) -> None:
     create_table_artifact(table=rows, key=key, description=description)
+
+
+def link(key: str, url: str, description: str) -> None:
+    """A link to an output (file:// for local paths, the URL itself for s3:// and the like)."""
+    import os
+
+    target = url if "://" in url else "file://" + os.path.abspath(url)
+    create_link_artifact(key=key, link=target, link_text=url, description=description)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from bergson_core.build import build_shard, prepare_build
 from bergson_core.config import BuildConfig
@@ -11,7 +12,8 @@ from . import progress
 from .policy import RETRIES, RETRY_DELAYS, cache_key, retry_transient
 
 
-@task(name="plan-index", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
+@task(name="plan-index", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient,
+      cache_policy=NO_CACHE)  # always look at the store: a retried run must see the shards done since
 def plan_index(config: BuildConfig) -> dict:
     """Validate inputs, write or check index.json, and list the shards still missing."""
     plan = prepare_build(config)

@@ -93,5 +93,5 @@ def test_flows_leave_artifacts(prefect_api, workspace, tmp_path):
             return {a.type for a in arts}, [a for a in topk if a.type == "table"]
 
     types, tables = asyncio.run(kinds())
-    assert {"progress", "markdown"} <= types
+    assert {"progress", "markdown", "link"} <= types
     assert tables and "doc_index" in tables[0].data
