@@ -59,7 +59,7 @@ class GradientStore:
     def write(self, step: int, model: torch.nn.Module, adam_state: dict | None, checkpoint: str | None) -> str:
         """Write the index of step `step`; adam_state {param name: {"exp_avg_sq", ["step", "hp_betas",
         "hp_eps"]}} normalises (when self.normalize); returns the index URL."""
-        from .build import model_fingerprint, open_corpus, plan_shards
+        from .build import open_corpus, plan_shards
         from .data import tokenize_rows
         from .extract import compute_gradients, tracked_modules
         from .models import LoadedModel
@@ -88,7 +88,7 @@ class GradientStore:
             "spec": icfg.spec(),
             "spec_hash": icfg.spec_hash(),
             "code_version": CODE_VERSION,
-            "model_fingerprint": model_fingerprint(model),
+            "model_fingerprint": _fingerprint(model, update.get("model")),
             "dataset": {"uri": icfg.dataset, "fingerprint": corpus.fingerprint, "rows": len(corpus)},
             "modules": [m.to_json() for m in modules],
             "row_width": sum(m.width for m in modules),
@@ -117,6 +117,20 @@ class GradientStore:
         self.written.append(url)
         self.seconds += time.perf_counter() - t0
         return url
+
+
+def _fingerprint(model: torch.nn.Module, model_dir: str | None) -> str:
+    """build.model_fingerprint as a build loading `model_dir` computes it: a loaded config records
+    the path it came from (_name_or_path), the in-memory one does not."""
+    from .build import model_fingerprint
+
+    old = getattr(model.config, "_name_or_path", "")
+    if model_dir:
+        model.config._name_or_path = model_dir
+    try:
+        return model_fingerprint(model)
+    finally:
+        model.config._name_or_path = old
 
 
 def torch_adam_state(optimizer, model: torch.nn.Module) -> dict | None:

@@ -98,3 +98,31 @@ def test_hugging_face_trainer_callback_equals_index_built_afterwards(tmp_path):
         assert np.abs(want).max() > 0
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
         assert Index(url).meta()["spec"]["model"] == ckpt
+
+
+def test_stored_index_is_the_one_bergson_build_writes(tmp_path):
+    """Through the real build path (--model CHECKPOINT/model --optimizer-state CHECKPOINT): the same
+    spec hash and the same rows as the train-time store."""
+    from bergson_core.build import build_shard, prepare_build
+
+    tok = helpers.tokenizer()
+    texts = helpers.TEXTS[:6]
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": t} for t in texts])
+    model = helpers.model(tok, dtype=torch.float64)
+    opts = TrainOptions(optimizer="adamw", lr=0.01, epochs=1, batch_size=3, train_loss="sum")
+    cfg = BuildConfig(index=str(tmp_path / "store"), model="(in memory)", dataset=corpus, dtype="float64",
+                      device="cpu", projection_dim=4, grad_dtype="float32", shard_size=4, progress=False)
+    run = str(tmp_path / "run")
+    store = GradientStore(cfg, tok, last_step=total_steps(len(texts), opts), checkpoint_dir=run)
+    train(model, helpers.docs(tok, texts), opts, checkpoint_dir=run, tokenizer=tok, after_step=store.after_step)
+    ckpt = os.path.join(run, "checkpoint-2")
+    bcfg = cfg.model_copy(update={"index": str(tmp_path / "built"), "model": os.path.join(ckpt, "model"),
+                                  "optimizer_state": ckpt})
+    plan = prepare_build(bcfg)
+    for shard, start, stop in plan.missing():
+        build_shard(bcfg, shard, start, stop)
+    stored_meta = Index(store.written[0]).meta()
+    assert stored_meta["spec_hash"] == plan.meta["spec_hash"]
+    assert stored_meta["model_fingerprint"] == plan.meta["model_fingerprint"]
+    want = stored(str(tmp_path / "built"))
+    np.testing.assert_allclose(stored(store.written[0]), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
