@@ -47,7 +47,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel],
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is list:
-            kwargs.update(nargs="+", metavar=name.upper().rstrip("S") or "VALUE")
+            kwargs.update(nargs="+", metavar=name.upper())
         elif typing.get_origin(kind) is dict:
             kwargs.update(type=json.loads, metavar="JSON")
         elif typing.get_origin(kind) is Literal:
