@@ -1,0 +1,211 @@
+"""Scoring throughput of a stored index against a plain in-memory matmul of the same matrices.
+
+A synthetic index (random float16 rows, several shards, written with bergson_core.store.Index in a
+temporary folder) is scored with bergson_core.scoring.score_index, and the same corpus, held in memory
+as one float32 torch tensor, is scored with `q @ C.T` + `topk` in blocks of the same size. Times are
+interleaved (A, B, A, B, ...; the order rotates) and the median over repeats is reported.
+
+  score_index inner    streaming top-k from the memory-mapped shards, inner product
+  score_index cosine   the same with cosine (each corpus block is unit-normalised on the fly)
+  matmul in memory     baseline: float32 corpus already in RAM, one matmul + torch.topk per block
+                       (block-wise too, so both do the same number of flops and keep k per block)
+  f16 in memory        the same from a float16 copy in RAM, each block converted to float32 first:
+                       separates the cost of decoding float16 from the cost of the store and top-k
+  first score_index    the first call in the process, which also verifies every shard's sha256
+  (--proposed)         score_index with two proposed changes, monkeypatched here: TopK.add
+                       pre-filters each block with torch.topk before the exact stable-sort merge
+                       (proposed_topk_add), and blocks are decoded into a reused float32 buffer
+                       with torch's copy_ (decode_into) instead of a fresh np.asarray per block
+
+How to read it: rows/s = corpus rows scored per second (all queries at once). The ratio is
+score_index / in-memory matmul; 1.0 means storage, float16 decoding and top-k merging cost nothing.
+
+    .venv/bin/python benchmarks/scoring.py            # 50,000 x 4,096 in 5 shards, 32 queries
+    .venv/bin/python benchmarks/scoring.py --quick    # 10,000 x 4,096 in 3 shards
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from bergson_core.scoring import score_index
+from bergson_core.store import Index
+
+
+def write_index(root: str, rows: int, width: int, shards: int, seed: int = 0) -> Index:
+    rng = np.random.default_rng(seed)
+    index = Index(root)
+    per = -(-rows // shards)
+    starts = list(range(0, rows, per))
+    index.write_meta({"num_shards": len(starts), "row_width": width, "grad_dtype": "float16",
+                      "shard_size": per, "spec_hash": "benchmark"})
+    for i, start in enumerate(starts):
+        n = min(per, rows - start)
+        block = rng.standard_normal((n, width), dtype=np.float32).astype(np.float16)
+        index.write_shard(i, start, [str(start + j) for j in range(n)], [1] * n, block, "float16")
+    return index
+
+
+def load_corpus(index: Index) -> torch.Tensor:
+    """The whole corpus as one float32 tensor (the baseline's input; decoding not timed)."""
+    from bergson_core.store import grad_matrix
+
+    parts = [np.asarray(grad_matrix(t), dtype=np.float32) for _, t in index.iter_shards()]
+    return torch.from_numpy(np.concatenate(parts))
+
+
+def matmul_topk(q: torch.Tensor, corpus: torch.Tensor, k: int, block: int):
+    """Baseline: blockwise q @ C^T with a running top-k (torch.topk, then one merge per block)."""
+    best_s = torch.full((q.shape[0], 0), -float("inf"))
+    best_i = torch.zeros((q.shape[0], 0), dtype=torch.long)
+    for lo in range(0, corpus.shape[0], block):
+        s = q @ corpus[lo : lo + block].float().T  # [Q, n]; .float() is a no-op for float32
+        s, i = torch.topk(s, min(k, s.shape[1]), dim=1)
+        cand_s, cand_i = torch.cat([best_s, s], 1), torch.cat([best_i, i + lo], 1)
+        best_s, sel = torch.topk(cand_s, min(k, cand_s.shape[1]), dim=1)
+        best_i = cand_i.gather(1, sel)
+    return best_s, best_i
+
+
+def proposed_topk_add(self, scores: torch.Tensor, first_doc: int) -> None:
+    """TopK.add that sorts k candidates per row instead of the whole block, with the same result.
+
+    An entry below a row's k-th largest block score is beaten by k entries of its own block, so it
+    can never be in the top-k; when no row has a tie at its k-th score, the block's top-k set is
+    exactly torch.topk's, and the existing stable (score, doc index) merge orders it. With ties at
+    the k-th score (e.g. zero rows of empty documents) it falls back to the full merge."""
+    from bergson_core.scoring import TopK
+
+    k = self.k
+    if scores.shape[1] > k:
+        vals, cols = scores.topk(k, dim=1)  # [R, k]
+        if int((scores >= vals[:, -1:]).sum()) == scores.shape[0] * k:
+            return _merge(self, vals, cols + first_doc)
+    return TopK._original_add(self, scores, first_doc)
+
+
+def _merge(self, scores: torch.Tensor, docs: torch.Tensor) -> None:
+    s = torch.cat([self.scores, scores], dim=1)
+    d = torch.cat([self.docs, docs], dim=1)
+    by_doc = torch.argsort(d, dim=1, stable=True)
+    s, d = s.gather(1, by_doc), d.gather(1, by_doc)
+    by_score = torch.argsort(s, dim=1, descending=True, stable=True)[:, : self.k]
+    self.scores, self.docs = s.gather(1, by_score), d.gather(1, by_score)
+
+
+def decode_into(buffers: dict, block: np.ndarray) -> torch.Tensor:
+    """A float32 copy of a float16 block, written into a buffer reused across blocks: a fresh 64 MB
+    array per block costs page faults, and torch's copy_ converts with SIMD (numpy's does not)."""
+    n, width = block.shape
+    buf = buffers.get(width)
+    if buf is None or buf.shape[0] < n:
+        buf = buffers[width] = torch.empty((n, width), dtype=torch.float32)
+    with warnings.catch_warnings():  # a read-only memory map is fine as the source of a copy
+        warnings.simplefilter("ignore", UserWarning)
+        src = torch.from_numpy(block)
+    return buf[:n].copy_(src)  # [n, D]
+
+
+def score_proposed(*args):
+    """score_index with both proposed changes: TopK pre-filter and decoding into a reused buffer."""
+    from bergson_core import scoring as sc
+
+    buffers: dict = {}
+    original_block = sc.score_block
+
+    def score_block(qt, block, metric, aggregate):
+        return original_block(qt, decode_into(buffers, block).numpy(), metric, aggregate)
+
+    sc.TopK._original_add = sc.TopK.__dict__["add"]
+    sc.TopK.add, sc.score_block = proposed_topk_add, score_block
+    try:
+        return score_index(*args)
+    finally:
+        sc.TopK.add, sc.score_block = sc.TopK._original_add, original_block
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="10k rows, 3 shards, 3 repeats")
+    ap.add_argument("--rows", type=int, default=None)
+    ap.add_argument("--width", type=int, default=4096)
+    ap.add_argument("--shards", type=int, default=None)
+    ap.add_argument("--queries", type=int, default=32)
+    ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--block-rows", type=int, default=4096, help="ScoreConfig's default block size")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--proposed", action="store_true",
+                    help="also time score_index with the proposed TopK pre-filter (see proposed_topk_add)")
+    args = ap.parse_args()
+    rows = args.rows or (10_000 if args.quick else 50_000)
+    shards = args.shards or (3 if args.quick else 5)
+    repeats = args.repeats or (3 if args.quick else 5)
+
+    tmp = tempfile.mkdtemp(prefix="bergson-bench-scoring-")
+    try:
+        t0 = time.perf_counter()
+        index = write_index(tmp + "/index", rows, args.width, shards)
+        t_write = time.perf_counter() - t0
+        q = np.random.default_rng(1).standard_normal((args.queries, args.width), dtype=np.float32)
+        qt = torch.from_numpy(q)
+        k, block = args.top_k, args.block_rows
+
+        t0 = time.perf_counter()
+        first = score_index(index, q, "inner", "individual", k, block)
+        t_first = time.perf_counter() - t0
+        corpus = load_corpus(index)
+        corpus16 = corpus.half()
+        base = matmul_topk(qt, corpus, k, block)
+        same = np.array_equal(first[1], base[1].numpy())
+        gap = float(np.abs(first[0] - base[0].numpy()).max())
+
+        methods = {
+            "score_index inner": lambda: score_index(index, q, "inner", "individual", k, block),
+            "score_index cosine": lambda: score_index(index, q, "cosine", "individual", k, block),
+            "matmul in memory": lambda: matmul_topk(qt, corpus, k, block),
+            "f16 in memory": lambda: matmul_topk(qt, corpus16, k, block),
+        }
+        if args.proposed:
+            prop = score_proposed(index, q, "inner", "individual", k, block)
+            same_prop = np.array_equal(prop[1], first[1]) and np.array_equal(prop[0], first[0])
+            methods["score_index inner, proposed"] = lambda: score_proposed(index, q, "inner", "individual", k, block)
+        names = list(methods)
+        times = {n: [] for n in names}
+        for r in range(repeats):
+            for n in names[r % len(names):] + names[: r % len(names)]:
+                t0 = time.perf_counter()
+                methods[n]()
+                times[n].append(time.perf_counter() - t0)
+        med = {n: statistics.median(v) for n, v in times.items()}
+
+        gb = rows * args.width * 2 / 1e9
+        print(f"corpus {rows:,} x {args.width:,} float16 ({gb:.2f} GB) in {shards} shards, {args.queries} queries, "
+              f"top-{k}, blocks of {block:,} rows, {torch.get_num_threads()} threads, {repeats} repeats "
+              f"(index written in {t_write:.1f} s)")
+        print(f"top-{k} documents identical to the baseline: {same}; max score difference {gap:.2e}")
+        if args.proposed:
+            print(f"proposed changes give bitwise the same top-{k} scores and documents as score_index: {same_prop}")
+        print(f"| {'method':<30} | {'median s':>9} | {'min s':>7} | {'rows/s':>12} | {'vs matmul':>9} |")
+        print(f"|{'-' * 32}|{'-' * 11}|{'-' * 9}|{'-' * 14}|{'-' * 11}|")
+        base_t = med["matmul in memory"]
+        for n in names:
+            print(f"| {n:<30} | {med[n]:>9.3f} | {min(times[n]):>7.3f} | {rows / med[n]:>12,.0f} | "
+                  f"{base_t / med[n]:>9.2f} |")
+        print(f"| {'first score_index (+sha256)':<30} | {t_first:>9.3f} | {'':>7} | {rows / t_first:>12,.0f} | "
+              f"{base_t / t_first:>9.2f} |")
+        paired = [b / a for a, b in zip(times["score_index inner"], times["matmul in memory"])]
+        print(f"score_index inner / matmul, median of per-repeat ratios: {statistics.median(paired):.2f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
