@@ -109,7 +109,7 @@ class TopK:
 
 def score_block(qt: torch.Tensor, block: np.ndarray, metric: str, aggregate: str) -> torch.Tensor:
     """Scores [R, n] of prepared queries against a block of corpus rows."""
-    d = torch.from_numpy(np.asarray(block, dtype=np.float32))  # [n, D]
+    d = torch.from_numpy(np.array(block, dtype=np.float32))  # [n, D]; a writable copy of one block
     if metric == "cosine":
         d = _unit(d)
     s = qt @ d.T  # [R, n]
