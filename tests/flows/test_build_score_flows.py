@@ -95,5 +95,5 @@ def test_flows_leave_artifacts(prefect_api, workspace, tmp_path):
     arts, tables = asyncio.run(kinds())
     assert {"progress", "markdown"} <= {a.type for a in arts}
     link = [a for a in arts if a.key.endswith("-index")]  # Prefect stores links as markdown
-    assert link and cfg.index in link[0].data
+    assert any(cfg.index in a.data for a in link)  # other tests' builds share the key (same spec)
     assert tables and "doc_index" in tables[0].data
