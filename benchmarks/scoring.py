@@ -121,8 +121,12 @@ def score_proposed(*args):
     buffers: dict = {}
     original_block = sc.score_block
 
-    def score_block(qt, block, metric, aggregate):
-        return original_block(qt, decode_into(buffers, block).numpy(), metric, aggregate)
+    def score_block(qt, block, metric, aggregate):  # sc.score_block, decoding with decode_into
+        d = decode_into(buffers, block)  # [n, D]
+        if metric == "cosine":
+            d = sc._unit(d)
+        s = qt @ d.T  # [R, n]
+        return s.max(dim=0, keepdim=True).values if aggregate == "max" else s
 
     sc.TopK._original_add = sc.TopK.__dict__["add"]
     sc.TopK.add, sc.score_block = proposed_topk_add, score_block
