@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable
 
 
@@ -92,6 +93,7 @@ def overlapped(preload: Callable[[], Any]) -> Any:
     """Run `preload` (validation, model and data loading) while Prefect starts; a user error from
     the preload is raised at once, without waiting for the orchestrator."""
     server = Background(start_prefect)
+    time.sleep(0.05)  # let the server thread spawn its subprocess before torch's import holds the GIL
     value = Background(preload).result()
     server.result()
     return value

@@ -21,9 +21,12 @@ def run(args) -> int:
 
 
 def run_build(cfg: BuildConfig) -> dict:
-    from bergson_core.build import prepare_build
+    def preload():  # imports torch inside the thread, so the API server starts first
+        from bergson_core.build import prepare_build
 
-    overlapped(lambda: prepare_build(cfg, write=False))  # validate + load while Prefect starts
+        return prepare_build(cfg, write=False)
+
+    overlapped(preload)  # validate + load while Prefect starts
     from ..build import build_index
 
     return build_index(cfg)

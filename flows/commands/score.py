@@ -21,9 +21,9 @@ def run(args) -> int:
 
 
 def run_score(cfg: ScoreConfig) -> dict:
-    from bergson_core.score_run import ensure_query_gradients, preconditioner_transforms
+    def preload():  # imports torch inside the thread, so the API server starts first
+        from bergson_core.score_run import ensure_query_gradients, preconditioner_transforms
 
-    def preload():
         preconditioner_transforms(cfg)  # a preconditioner of another projection is refused at once
         return ensure_query_gradients(cfg)
 
