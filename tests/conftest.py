@@ -25,3 +25,14 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield PREFECT_API_URL.value()
+
+
+def one_torch_thread():
+    """Tiny models train fastest on one torch thread (two spin against each other on a shared
+    2-core box); used as a package-scoped autouse fixture by the packages that train."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -9,15 +9,11 @@ the flow tests that ask for it.
 from __future__ import annotations
 
 import pytest
-import torch
+
+from tests.conftest import one_torch_thread
 
 
-@pytest.fixture(autouse=True, scope="package")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+one_thread = pytest.fixture(autouse=True, scope="package", name="one_thread")(one_torch_thread)
 
 
 @pytest.fixture(scope="session")
