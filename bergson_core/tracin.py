@@ -65,13 +65,18 @@ def open_indexes(cfg: TracInConfig) -> tuple[list[Index], list[dict]]:
     """The checkpoint indexes, checked to hold the same corpus in the same shards."""
     if not cfg.indexes:
         raise ConfigError("give one index per checkpoint: --indexes INDEX [INDEX ...]")
-    indexes = [Index(u, cfg.storage_options) for u in cfg.indexes]
+    return open_aligned_indexes(cfg.indexes, cfg.storage_options, "TracIn")
+
+
+def open_aligned_indexes(urls: list[str], storage_options: dict, method: str) -> tuple[list[Index], list[dict]]:
+    """Complete indexes of the same corpus in the same shards (scored shard by shard together)."""
+    indexes = [Index(u, storage_options) for u in urls]
     metas = [ix.meta() for ix in indexes]
     first = metas[0]
     for ix, meta in zip(indexes[1:], metas[1:]):
         for key in ("dataset", "shard_size", "num_shards"):
             if meta[key] != first[key]:
-                raise StoreError(f"index {ix.url} differs from {indexes[0].url} in {key}: TracIn needs every "
+                raise StoreError(f"index {ix.url} differs from {indexes[0].url} in {key}: {method} needs every "
                                  "checkpoint's index built over the same corpus with the same --shard-size")
     for ix, meta in zip(indexes, metas):
         if len(ix.manifests()) != meta["num_shards"]:
