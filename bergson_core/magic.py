@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -200,12 +201,18 @@ def _vjp(unrolled: Unrolled, st: State, w: torch.Tensor, bar: State, batched: bo
 
 def metagradients(model: torch.nn.Module, docs: list[Doc], queries: list[Doc], opts: TrainOptions,
                   weights: torch.Tensor | None = None, schedule: str = "every", pad_id: int = 0,
-                  per_query: bool = True, query_reduction: str = "sum",
-                  query_batch: int = 1) -> tuple[torch.Tensor, MagicStats]:
+                  per_query: bool = True, query_reduction: str = "sum", query_batch: int = 1,
+                  store=None, on_step: Callable[[str, int], None] | None = None) -> tuple[torch.Tensor, MagicStats]:
     """dQ_q(theta_T)/dw [Q, N] (per_query) or d sum_q Q_q / dw [1, N], and the run's statistics.
     `model` holds the initial weights and is not changed. `query_batch` > 1 runs that many queries'
     backward passes together (vmapped vector-Jacobian products: one recomputation, one graph per
-    step for the whole group, R times the cotangent memory)."""
+    step for the whole group, R times the cotangent memory).
+
+    `store` (a bergson_core.magic_state.StateStore) saves the forward phase's kept states and the
+    backward phase's position every k steps, and resumes from what an earlier, killed run left
+    there (bit-identical result). `on_step(phase, step)` runs after each forward step ("forward",
+    the state's step) and each differentiated step ("backward", the step differentiated), once its
+    progress is saved: a test's way to kill a run at a chosen point."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown checkpointing schedule {schedule!r}; choose from {SCHEDULES}")
     t0 = time.perf_counter()
@@ -217,49 +224,75 @@ def metagradients(model: torch.nn.Module, docs: list[Doc], queries: list[Doc], o
     first = un.initial()
     stats.state_bytes = first.nbytes()
     k = max(1, math.ceil(math.sqrt(T)))
-    # forward phase: keep what the schedule keeps
+    seeds = torch.eye(len(queries), dtype=torch.float64) if per_query else torch.ones(1, len(queries),
+                                                                                        dtype=torch.float64)
+    group_size = max(1, query_batch)
+    if store is not None:
+        store.open({"schedule": schedule, "steps": T, "segment": k, "documents": len(docs), "queries": len(queries),
+                    "per_query": per_query, "query_batch": group_size, "query_reduction": query_reduction,
+                    "weights": _digest(w), "device": str(un.device), "dtype": str(first.params[un.names[0]].dtype)})
+
+    def keeps(step: int) -> bool:
+        return schedule == "every" or (schedule == "sqrt" and step % k == 0)
+
+    # forward phase: keep what the schedule keeps (and save it, with a resume point every k steps)
     stored: dict[int, State] = {0: first}
     st = first
+    if store is not None:
+        for s in store.kept_steps():
+            stored[s] = store.load_state(s, un.device)
+        reached = store.reached()
+        st = stored[reached] if reached in stored else store.load_state(reached, un.device)
+        stats.extra["forward_resumed_at"] = reached
     while st.step < T:
         st = un.step(st, w)
         stats.forward_steps += 1
-        if schedule == "every" or (schedule == "sqrt" and st.step % k == 0):
+        if keeps(st.step):
             stored[st.step] = st
+        if store is not None and (keeps(st.step) or st.step % k == 0 or st.step == T):
+            store.save_state(st, kept=keeps(st.step) or st.step == T)
+        if on_step:
+            on_step("forward", st.step)
     final = st
+    if not keeps(T):
+        stored.pop(T, None)  # a resumed run loaded it; the schedule holds it as `final` only
     held = len(stored) + (0 if T in stored else 1)
     stats.peak_states = held
-    seeds = torch.eye(len(queries), dtype=torch.float64) if per_query else torch.ones(1, len(queries),
-                                                                                        dtype=torch.float64)
     out = []
     batched = query_batch > 1
-    for lo in range(0, seeds.shape[0], max(1, query_batch)):
-        group = seeds[lo:lo + max(1, query_batch)]  # [R, Q]
-        firsts = []
-        for seed in group:
-            with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-                fp = {n: t.detach().requires_grad_(True) for n, t in final.params.items()}
-                q = query_loss(un, fp, queries, seed, query_reduction)
-                gq = torch.autograd.grad(q, [fp[n] for n in un.names], allow_unused=True)
-            firsts.append({n: (torch.zeros_like(fp[n]) if g is None else g.detach()) for n, g in zip(un.names, gq)})
-        lead = (len(group),) if batched else ()
-        bar = State(T, {n: torch.stack([f[n] for f in firsts]) if batched else firsts[0][n] for n in un.names},
-                    {n: {kk: t.new_zeros(lead + t.shape) for kk, t in final.opt[n].items()} for n in un.names})
-        wbar = w.new_zeros(lead + w.shape)
+    done = store.done() if store is not None else {}
+    position = store.backward() if store is not None else None
+    for lo in range(0, seeds.shape[0], group_size):
+        if lo in done:
+            out.append(done[lo])
+            continue
+        group = seeds[lo:lo + group_size]  # [R, Q]
+        if position is not None and position["group"] == lo:
+            bar, wbar = store.load_backward(un.device)
+            stats.extra["backward_resumed_at"] = (lo, bar.step)
+        else:
+            bar = _first_cotangent(un, final, queries, group, query_reduction, batched)
+            wbar = w.new_zeros(((len(group),) if batched else ()) + w.shape)
+        start = bar.step
 
         def back(st_s: State, bar_: State) -> State:
             nonlocal wbar
             bar_, dw = _vjp(un, st_s, w, bar_, batched)
             wbar = wbar + dw
             stats.backward_steps += 1
+            if store is not None and 0 < st_s.step and st_s.step % k == 0:
+                store.save_backward(lo, bar_, wbar)
+            if on_step:
+                on_step("backward", st_s.step)
             return bar_
 
         if schedule == "every":
-            for s in reversed(range(T)):
+            for s in reversed(range(start)):
                 bar = back(stored[s], bar)
         elif schedule == "sqrt":
-            for c in sorted((c for c in stored if c < T), reverse=True):
+            for c in sorted((c for c in stored if c < start), reverse=True):
                 seg = [stored[c]]
-                while seg[-1].step < min(c + k, T) - 1:
+                while seg[-1].step < min(c + k, start) - 1:
                     seg.append(un.step(seg[-1], w))
                     stats.forward_steps += 1
                 stats.peak_states = max(stats.peak_states, held + len(seg) - 1)
@@ -277,12 +310,36 @@ def metagradients(model: torch.nn.Module, docs: list[Doc], queries: list[Doc], o
                 del mid_state
                 return rev(a_state, mid, bar_, depth)
 
-            if T:
-                bar = rev(first, T, bar, 0)
-        out.append(wbar.cpu() if batched else wbar.cpu()[None])
+            if start:
+                bar = rev(first, start, bar, 0)
+        result = wbar.cpu() if batched else wbar.cpu()[None]
+        if store is not None:
+            store.save_done(lo, result)
+        out.append(result)
     stats.seconds = time.perf_counter() - t0
     stats.extra["segment"] = k if schedule == "sqrt" else None
     return torch.cat(out), stats
+
+
+def _first_cotangent(un: Unrolled, final: State, queries: list[Doc], group: torch.Tensor, reduction: str,
+                     batched: bool) -> State:
+    """dQ/d(theta_T, opt_T) of each seed in `group` [R, Q] (stacked when batched): the backward start."""
+    firsts = []
+    for seed in group:
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            fp = {n: t.detach().requires_grad_(True) for n, t in final.params.items()}
+            q = query_loss(un, fp, queries, seed, reduction)
+            gq = torch.autograd.grad(q, [fp[n] for n in un.names], allow_unused=True)
+        firsts.append({n: (torch.zeros_like(fp[n]) if g is None else g.detach()) for n, g in zip(un.names, gq)})
+    lead = (len(group),) if batched else ()
+    return State(final.step, {n: torch.stack([f[n] for f in firsts]) if batched else firsts[0][n] for n in un.names},
+                 {n: {kk: t.new_zeros(lead + t.shape) for kk, t in final.opt[n].items()} for n in un.names})
+
+
+def _digest(t: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def retrained_query_losses(model: torch.nn.Module, docs: list[Doc], queries: list[Doc], opts: TrainOptions,
@@ -302,6 +359,7 @@ def retrained_query_losses(model: torch.nn.Module, docs: list[Doc], queries: lis
 # -- the command: inputs from a recipe, outputs as a score file ------------------------------------
 MAGIC_FILE = "magic.json"
 PARTS_DIR = "parts"
+STATE_SUFFIX = ".state"  # OUTPUT/parts/<lo>-<hi>.state: progress of an unfinished part
 
 
 def query_chunks(num_queries: int, per_task: int) -> list[tuple[int, int]]:
@@ -349,17 +407,21 @@ def _safetensors_metadata(data: bytes) -> dict:
     return json.loads(data[8:8 + n]).get("__metadata__", {}) or {}
 
 
-def run_part(cfg, lo: int, hi: int) -> dict:
+def run_part(cfg, lo: int, hi: int, on_step: Callable[[str, int], None] | None = None) -> dict:
     """Metagradients [hi - lo, N] of queries [lo, hi) (or [1, N] of their sum), saved as
     OUTPUT/parts/<lo>-<hi>.safetensors; a part already there with the same recipe key is reused,
-    so a killed run resumes."""
+    so a killed run resumes. Within the part, progress is saved under OUTPUT/parts/<lo>-<hi>.state
+    (bergson_core.magic_state), so a part killed in its forward or backward phase continues where
+    it stopped; the folder is deleted once the part's file is written. `on_step`: see metagradients."""
     import json
 
     from safetensors.torch import save
 
     from . import fs as fsu
+    from .magic_state import StateStore
 
-    path = fsu.join(cfg.output.rstrip("/"), PARTS_DIR, f"{lo:06d}-{hi:06d}.safetensors")
+    base = fsu.join(cfg.output.rstrip("/"), PARTS_DIR, f"{lo:06d}-{hi:06d}")
+    path = base + ".safetensors"
     key = part_key(cfg, lo, hi)
     fs, local = fsu.url_to_fs(path, cfg.storage_options)
     if fsu.exists(fs, local):
@@ -368,13 +430,16 @@ def run_part(cfg, lo: int, hi: int) -> dict:
         if meta.get("key") == key:
             return {"path": path, "reused": True, **json.loads(meta.get("stats", "{}"))}
     model, docs, qdocs, pad = load_recipe(cfg)
+    store = StateStore(base + STATE_SUFFIX, key, cfg.storage_options)
     grads, stats = metagradients(model, docs, qdocs[lo:hi], cfg, schedule=cfg.checkpointing, pad_id=pad,
-                                 per_query=cfg.aggregate == "individual", query_batch=cfg.query_batch)
+                                 per_query=cfg.aggregate == "individual", query_batch=cfg.query_batch,
+                                 store=store, on_step=on_step)
     info = {"schedule": stats.schedule, "steps": stats.steps, "forward_steps": stats.forward_steps,
             "backward_steps": stats.backward_steps, "peak_states": stats.peak_states,
             "state_bytes": stats.state_bytes, "peak_bytes": stats.peak_bytes, "seconds": stats.seconds}
     data = save({"metagradients": grads.contiguous()}, metadata={"key": key, "stats": json.dumps(info)})
     fsu.write_bytes(fs, local, data)
+    store.clear()  # the part's file is the result now; its progress is no longer needed
     return {"path": path, "reused": False, **info}
 
 

@@ -58,7 +58,8 @@ def tracin_score(config: TracInConfig, query_files: list[str]) -> dict:
       retry_condition_fn=retry_transient)
 def magic_part(config: MagicConfig, lo: int, hi: int) -> dict:
     """Train forward once, then one backward pass per query in [lo, hi) (or one for their sum);
-    the metagradients go to OUTPUT/parts (reused when already there for the same recipe)."""
+    the metagradients go to OUTPUT/parts (reused when already there for the same recipe). A retry
+    continues from the progress the failed try saved under OUTPUT/parts/<lo>-<hi>.state."""
     from bergson_core.magic import run_part
 
     return run_part(config, lo, hi)
