@@ -46,6 +46,9 @@ class MagicConfig(QueryOptions, TrainOptions, DataOptions, ModelOptions):
         "sqrt", description="Checkpointing of the training states for the backward pass: every (keep all "
         "T states), sqrt (keep every sqrt(T)-th, recompute segments), log (bisection: log2 T states, "
         "T log2 T recomputed steps).")
+    weights: Literal["document", "token"] = Field(
+        "document", description="Differentiate w.r.t. one training weight per document, or per (document, "
+        "predicted token); token also writes token_scores.parquet (topk.parquet then sums each document's tokens).")
     aggregate: Literal["individual", "sum"] = Field(
         "individual", description="One backward pass per query, or one for the sum of the query losses.")
     query_batch: int = Field(16, gt=0, description="Queries whose backward passes run together (vmapped "

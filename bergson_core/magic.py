@@ -6,6 +6,8 @@ Training is the project's trainer (bergson_core.train) written as a pure functio
 
     theta_{s+1}, opt_{s+1} = U(theta_s, opt_s, g_s, lr_s),   g_s = d/dtheta sum_{d in B_s} w_d loss_d(theta_s) / denom
 
+(or with a weight per token, w_d loss_d = sum_t w_{d,t} ce_{d,t}: bergson_core.magic_tokens)
+
 and the metagradient dQ(theta_T)/dw is accumulated backwards, step by step, with vector-Jacobian
 products of one step at a time (the step differentiated twice: g_s itself is a gradient, so its
 VJP is a Hessian-vector product). States theta_s are not all kept: a checkpointing schedule stores
@@ -28,8 +30,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -96,11 +98,14 @@ class MagicStats:
         return self.peak_states * self.state_bytes
 
 
-def document_losses(model, params: Params, ids, mask, labels, reduction: str) -> torch.Tensor:
+def document_losses(model, params: Params, ids, mask, labels, reduction: str,
+                    token_weights: torch.Tensor | None = None) -> torch.Tensor:
     """bergson_core.train.document_losses through functional_call (parameters as inputs) [B]."""
     logits = functional_call(model, params, (), {"input_ids": ids, "attention_mask": mask}).logits[:, :-1]
     target = labels[:, 1:]
     tok = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")  # [B, T-1]
+    if token_weights is not None:
+        tok = tok * token_weights[:, 1:]
     loss = tok.sum(dim=1)
     if reduction == "mean":
         loss = loss / (target != -100).sum(dim=1).clamp(min=1)
@@ -143,8 +148,12 @@ class Unrolled:
             params = dict(zip(self.names, plist))
             grads = [torch.zeros_like(p) for p in plist]
             for rows, (ids, mask, labels) in self.batches(s):
-                lw = w[rows].to(dtype=plist[0].dtype)  # [B]
-                loss = (document_losses(self.model, params, ids, mask, labels, self.opts.train_loss) * lw).sum()
+                if w.dim() == 1:  # a weight per document
+                    lw = w[rows].to(dtype=plist[0].dtype)  # [B]
+                    loss = (document_losses(self.model, params, ids, mask, labels, self.opts.train_loss) * lw).sum()
+                else:  # a weight per (document, position of the predicted token)
+                    tw = w[rows, :ids.shape[1]].to(dtype=plist[0].dtype)  # [B, T]
+                    loss = document_losses(self.model, params, ids, mask, labels, self.opts.train_loss, tw).sum()
                 loss = loss / self.denom
                 parts = torch.autograd.grad(loss, plist, create_graph=create_graph, allow_unused=True)
                 grads = [g if pg is None else g + pg for g, pg in zip(grads, parts)]
@@ -204,7 +213,9 @@ def metagradients(model: torch.nn.Module, docs: list[Doc], queries: list[Doc], o
                   per_query: bool = True, query_reduction: str = "sum", query_batch: int = 1,
                   store=None, on_step: Callable[[str, int], None] | None = None) -> tuple[torch.Tensor, MagicStats]:
     """dQ_q(theta_T)/dw [Q, N] (per_query) or d sum_q Q_q / dw [1, N], and the run's statistics.
-    `model` holds the initial weights and is not changed. `query_batch` > 1 runs that many queries'
+    With per-token `weights` [N, L] (bergson_core.magic_tokens) the result is [Q, N, L]:
+    dQ_q/dw_{d,t} for the loss of predicting document d's token t. `model` holds the initial
+    weights and is not changed. `query_batch` > 1 runs that many queries'
     backward passes together (vmapped vector-Jacobian products: one recomputation, one graph per
     step for the whole group, R times the cotangent memory).
 
@@ -219,6 +230,9 @@ def metagradients(model: torch.nn.Module, docs: list[Doc], queries: list[Doc], o
     un = Unrolled(model, docs, opts, pad_id)
     T = un.total
     w = torch.ones(len(docs), dtype=torch.float64) if weights is None else weights.detach().to(torch.float64)
+    longest = max((len(d.input_ids) for d in docs), default=0)
+    if w.shape != (len(docs),) and (w.dim() != 2 or w.shape[0] != len(docs) or w.shape[1] < longest):
+        raise ValueError(f"weights must be [{len(docs)}] or [{len(docs)}, {longest} or more], got {tuple(w.shape)}")
     w = w.to(un.device)
     stats = MagicStats(schedule, T)
     first = un.initial()
@@ -275,13 +289,13 @@ def metagradients(model: torch.nn.Module, docs: list[Doc], queries: list[Doc], o
             wbar = w.new_zeros(((len(group),) if batched else ()) + w.shape)
         start = bar.step
 
-        def back(st_s: State, bar_: State) -> State:
+        def back(st_s: State, bar_: State, group: int = lo) -> State:
             nonlocal wbar
             bar_, dw = _vjp(un, st_s, w, bar_, batched)
             wbar = wbar + dw
             stats.backward_steps += 1
             if store is not None and 0 < st_s.step and st_s.step % k == 0:
-                store.save_backward(lo, bar_, wbar)
+                store.save_backward(group, bar_, wbar)
             if on_step:
                 on_step("backward", st_s.step)
             return bar_
@@ -373,7 +387,6 @@ def load_recipe(cfg):
 
     from .build import check_data_columns, open_corpus
     from .data import tokenize_rows
-    from .models import load_model
 
     corpus = open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
     check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column)
@@ -381,15 +394,27 @@ def load_recipe(cfg):
     qcols = (cfg.query_text_column or cfg.text_column, cfg.query_prompt_column or cfg.prompt_column,
              cfg.query_completion_column or cfg.completion_column)
     check_data_columns(queries, *qcols)
-    loaded = load_model(cfg.model_copy(update={"dtype": "float32"}) if cfg.dtype == "auto" else cfg)
+    loaded = _loaded(cfg)
     with loaded.lock:
         model = copy.deepcopy(loaded.model)
     model.requires_grad_(True)
-    docs = tokenize_rows(corpus, 0, len(corpus), loaded.tokenizer, cfg.max_length, cfg.text_column,
-                         cfg.prompt_column, cfg.completion_column, cfg.id_column)
+    docs = _documents(cfg, corpus, loaded.tokenizer)
     qdocs = tokenize_rows(queries, 0, len(queries), loaded.tokenizer, cfg.max_length, *qcols)
     pad = getattr(loaded.tokenizer, "pad_token_id", None) or 0
     return model, docs, qdocs, pad
+
+
+def _loaded(cfg):
+    from .models import load_model
+
+    return load_model(cfg.model_copy(update={"dtype": "float32"}) if cfg.dtype == "auto" else cfg)
+
+
+def _documents(cfg, corpus, tokenizer) -> list[Doc]:
+    from .data import tokenize_rows
+
+    return tokenize_rows(corpus, 0, len(corpus), tokenizer, cfg.max_length, cfg.text_column, cfg.prompt_column,
+                         cfg.completion_column, cfg.id_column)
 
 
 def part_key(cfg, lo: int, hi: int) -> str:
@@ -418,6 +443,7 @@ def run_part(cfg, lo: int, hi: int, on_step: Callable[[str, int], None] | None =
     from safetensors.torch import save
 
     from . import fs as fsu
+    from . import magic_tokens
     from .magic_state import StateStore
 
     base = fsu.join(cfg.output.rstrip("/"), PARTS_DIR, f"{lo:06d}-{hi:06d}")
@@ -431,9 +457,10 @@ def run_part(cfg, lo: int, hi: int, on_step: Callable[[str, int], None] | None =
             return {"path": path, "reused": True, **json.loads(meta.get("stats", "{}"))}
     model, docs, qdocs, pad = load_recipe(cfg)
     store = StateStore(base + STATE_SUFFIX, key, cfg.storage_options)
-    grads, stats = metagradients(model, docs, qdocs[lo:hi], cfg, schedule=cfg.checkpointing, pad_id=pad,
-                                 per_query=cfg.aggregate == "individual", query_batch=cfg.query_batch,
-                                 store=store, on_step=on_step)
+    weights = magic_tokens.ones(docs) if cfg.weights == "token" else None
+    grads, stats = metagradients(model, docs, qdocs[lo:hi], cfg, weights=weights, schedule=cfg.checkpointing,
+                                 pad_id=pad, per_query=cfg.aggregate == "individual",
+                                 query_batch=cfg.query_batch, store=store, on_step=on_step)
     info = {"schedule": stats.schedule, "steps": stats.steps, "forward_steps": stats.forward_steps,
             "backward_steps": stats.backward_steps, "peak_states": stats.peak_states,
             "state_bytes": stats.state_bytes, "peak_bytes": stats.peak_bytes, "seconds": stats.seconds}
@@ -445,12 +472,14 @@ def run_part(cfg, lo: int, hi: int, on_step: Callable[[str, int], None] | None =
 
 def write_scores(cfg, parts: list[dict]) -> dict:
     """topk.parquet with every (query, document): score = -dQ_q/dw_d, ranked per query (query_index
-    -1 for the summed queries), and magic.json with the run's memory and time."""
+    -1 for the summed queries), and magic.json with the run's memory and time. With per-token
+    weights, the document score is the sum over its tokens, and token_scores.parquet holds each."""
     import numpy as np
     import pyarrow as pa
     from safetensors.torch import load
 
     from . import fs as fsu
+    from . import magic_tokens
     from .build import open_corpus
     from .results import TOPK_FILE, write_table
 
@@ -459,16 +488,24 @@ def write_scores(cfg, parts: list[dict]) -> dict:
         fs, path = fsu.url_to_fs(part["path"], cfg.storage_options)
         with fs.open(path, "rb") as f:
             blocks.append(load(f.read())["metagradients"].numpy())
-    scores = -np.concatenate(blocks)  # [Q, N]
+    scores = -np.concatenate(blocks)  # [Q, N] or, per token, [Q, N, L]
     if cfg.aggregate == "sum":
         scores = scores.sum(axis=0, keepdims=True)
     corpus = open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
     ids = [str(i) for i in corpus.dataset[cfg.id_column]] if cfg.id_column else [str(i) for i in range(len(corpus))]
+    query_index = np.arange(scores.shape[0]) if cfg.aggregate == "individual" else np.full(1, -1)
+    token_out = None
+    if cfg.weights == "token":
+        tokenizer = _loaded(cfg).tokenizer
+        table = magic_tokens.token_table(scores, _documents(cfg, corpus, tokenizer), ids, tokenizer, query_index)
+        token_out = write_table(table, fsu.join(cfg.output.rstrip("/"), magic_tokens.TOKEN_SCORES_FILE),
+                                cfg.storage_options)
+        scores = scores.sum(axis=2)  # [Q, N]: a document's weight moves all its token weights together
     order = np.argsort(-scores, axis=1, kind="stable")  # [Q, N]
     q = np.repeat(np.arange(scores.shape[0]), scores.shape[1])
     d = order.ravel()
     table = pa.table({
-        "query_index": pa.array(q if cfg.aggregate == "individual" else np.full_like(q, -1), pa.int64()),
+        "query_index": pa.array(query_index[q], pa.int64()),
         "rank": pa.array(np.tile(np.arange(scores.shape[1]), scores.shape[0]), pa.int32()),
         "doc_index": pa.array(d, pa.int64()),
         "score": pa.array(scores[q, d], pa.float64()),
@@ -478,6 +515,7 @@ def write_scores(cfg, parts: list[dict]) -> dict:
     summary = {
         "method": "magic", "output": out, "queries": int(scores.shape[0]), "documents": int(scores.shape[1]),
         "checkpointing": cfg.checkpointing, "aggregate": cfg.aggregate, "optimizer": cfg.optimizer,
+        "weights": cfg.weights, "token_output": token_out,
         "steps": parts[0].get("steps") if parts else 0,
         "peak_states": max((p.get("peak_states", 0) for p in parts), default=0),
         "peak_state_bytes": max((p.get("peak_bytes", 0) for p in parts), default=0),

@@ -2,8 +2,8 @@
 
 What it does, and nothing more: AdamW or SGD written as pure tensor functions (so that later methods
 can differentiate through a step), a linear warmup then linear decay (or constant) learning rate, a
-seeded data order that depends only on (seed, epoch), a loss weight per document, gradient
-accumulation, and checkpoints that hold the weights (a Hugging Face folder, safetensors), the
+seeded data order that depends only on (seed, epoch), a loss weight per document (or per token),
+gradient accumulation, and checkpoints that hold the weights (a Hugging Face folder, safetensors), the
 optimizer state (safetensors + JSON, no pickle) and the learning-rate history.
 
 The loss of one optimizer step is
@@ -110,11 +110,15 @@ def init_state(p: torch.Tensor, opts: TrainOptions) -> dict[str, torch.Tensor]:
 
 # -- losses ---------------------------------------------------------------------------------------
 def document_losses(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-                    reduction: str = "sum") -> torch.Tensor:
-    """Next-token cross-entropy per document [B], in the model's dtype; -100 labels carry no loss."""
+                    reduction: str = "sum", token_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token cross-entropy per document [B], in the model's dtype; -100 labels carry no loss.
+    `token_weights` [B, T] weighs the loss of predicting each position's token (position 0 unused);
+    "mean" still divides by the number of counted tokens, so weights of 1 change nothing."""
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # [B, T-1, V]
     target = labels[:, 1:]  # [B, T-1]
     tok = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")  # [B, T-1]
+    if token_weights is not None:
+        tok = tok * token_weights[:, 1:]
     loss = tok.sum(dim=1)
     if reduction == "mean":
         loss = loss / (target != -100).sum(dim=1).clamp(min=1)
@@ -146,7 +150,9 @@ def train(model: torch.nn.Module, docs: list[Doc], opts: TrainOptions, weights: 
           pad_id: int = 0, checkpoint_dir: str | None = None, tokenizer=None,
           on_step: Callable[[int, float, float], None] | None = None, stop_after: int | None = None,
           after_step: Callable[[int, torch.nn.Module, dict], None] | None = None) -> TrainResult:
-    """Train `model` in place on `docs` with per-document loss `weights` [N] (default all ones).
+    """Train `model` in place on `docs` with per-document loss `weights` [N] (default all ones), or
+    per-token weights [N, L] (L at least the longest document; w[d, t] weighs the loss of predicting
+    document d's token t).
 
     With `checkpoint_dir`, the run resumes from the latest checkpoint there, saves one every
     `checkpoint_every` steps and always after the last step. `stop_after` ends the loop early
@@ -159,8 +165,10 @@ def train(model: torch.nn.Module, docs: list[Doc], opts: TrainOptions, weights: 
     n = len(docs)
     total = total_steps(n, opts)
     w = torch.ones(n, dtype=torch.float64) if weights is None else weights.detach().to(torch.float64).cpu()
-    if w.shape != (n,):
-        raise ValueError(f"weights must have one entry per document ({n}), got shape {tuple(w.shape)}")
+    longest = max((len(d.input_ids) for d in docs), default=0)
+    if w.shape != (n,) and (w.dim() != 2 or w.shape[0] != n or w.shape[1] < longest):
+        raise ValueError(f"weights must have one entry per document ({n}) or per document and token ({n}, "
+                         f"{longest} or more), got shape {tuple(w.shape)}")
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     state = {name: init_state(p, opts) for name, p in params.items()}
     result = TrainResult(steps=0)
@@ -179,8 +187,12 @@ def train(model: torch.nn.Module, docs: list[Doc], opts: TrainOptions, weights: 
         step_loss = 0.0
         for rows in step_batches(n, step, opts):
             ids, mask, labels = collate([docs[r] for r in rows], pad_id, device)
-            lw = w[rows].to(device=device, dtype=dtype)  # [B]
-            loss = (document_losses(model, ids, mask, labels, opts.train_loss) * lw).sum() / denom
+            if w.dim() == 1:
+                lw = w[rows].to(device=device, dtype=dtype)  # [B]
+                loss = (document_losses(model, ids, mask, labels, opts.train_loss) * lw).sum() / denom
+            else:
+                tw = w[rows, :ids.shape[1]].to(device=device, dtype=dtype)  # [B, T]
+                loss = document_losses(model, ids, mask, labels, opts.train_loss, tw).sum() / denom
             for g, p_grad in zip(grads.values(), torch.autograd.grad(loss, list(params.values()), allow_unused=True)):
                 if p_grad is not None:
                     g += p_grad

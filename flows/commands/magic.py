@@ -6,8 +6,9 @@ from ..options import add_model_arguments, build_config
 from ..startup import overlapped
 
 NAME, ORDER = "magic", 62
-HELP = ("MAGIC: exact gradient of each query's loss after training w.r.t. every document's weight, by "
-        "reverse-mode through the optimizer steps; writes DIR/topk.parquet (usable by `bergson validate`).")
+HELP = ("MAGIC: exact gradient of each query's loss after training w.r.t. every document's (or token's) "
+        "weight, by reverse-mode through the optimizer steps; writes DIR/topk.parquet (usable by `bergson "
+        "validate`).")
 
 
 def add_arguments(parser) -> None:
@@ -21,6 +22,8 @@ def run(args) -> int:
     Console().print(f"MAGIC over {s['steps']} steps ({s['checkpointing']} checkpointing, at most {s['peak_states']} "
                     f"states = {s['peak_state_bytes'] / 2**20:.1f} MiB, {s['forward_steps']} forward and "
                     f"{s['backward_steps']} backward steps, {s['compute_seconds']:.1f} s): {s['output']}")
+    if s.get("token_output"):
+        Console().print(f"per-token scores: {s['token_output']}")
     return 0
 
 
