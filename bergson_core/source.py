@@ -25,7 +25,8 @@ same formulas hold for gradients rescaled by P_l^1/2: EK-FAC's eigenvalues are c
 
     u_l = P^1/2 R~_l P^1/2 v_l / N,   v_{l-1} = P^-1/2 S~_l P^1/2 v_l.
 
-Weight decay and momentum's transient are left out (as in the paper); SGD momentum m folds in as
+Optional damping replaces H_l by H_l + d I in both formulas (d absolute, or relative to each
+module's mean eigenvalue as for EK-FAC). Weight decay and momentum's transient are left out (as in the paper); SGD momentum m folds in as
 eta / (1 - m). With one segment and eta -> infinity, SOURCE is the EK-FAC influence function
 (without damping) divided by N; with eta -> 0 it is TracIn with interval learning rates divided by N.
 """
@@ -151,11 +152,16 @@ def adam_sqrt_scale(checkpoint: Checkpoint, modules) -> torch.Tensor:
 
 
 # -- the segment algebra ---------------------------------------------------------------------------
-def _spectral(fit: C.Fit, rows: torch.Tensor, fn) -> torch.Tensor:
-    """Q f(Lambda) Q^T applied to rows [Q, D] block by block (float64)."""
+def damped(lam: torch.Tensor, damping: float, mode: str) -> torch.Tensor:
+    """Lambda + d, with d absolute or d = damping x the module's mean eigenvalue (as EK-FAC's options)."""
+    return lam + (damping if mode == "absolute" else damping * float(lam.mean()))
+
+
+def _spectral(fit: C.Fit, rows: torch.Tensor, fn, damping: float = 0.0, mode: str = "relative") -> torch.Tensor:
+    """Q f(Lambda + d) Q^T applied to rows [Q, D] block by block (float64)."""
     out = torch.empty_like(rows)
     for b in fit.blocks:
-        scale = fn(fit.tensor(b.name, "Lambda").to(torch.float64))  # [O', I']
+        scale = fn(damped(fit.tensor(b.name, "Lambda").to(torch.float64), damping, mode))  # [O', I']
         res = eigen_precondition(block_view(rows, b), fit.tensor(b.name, "Q_S"), fit.tensor(b.name, "Q_A"), scale)
         out[:, b.offset:b.offset + b.width] = res.reshape(rows.shape[0], -1)
     return out
@@ -177,6 +183,8 @@ class Segment:
     fit: C.Fit  # EK-FAC (Q_S, Q_A, Lambda per module) of the segment, in the rescaled space for Adam
     eta: float  # total learning rate of the segment
     sqrt_scale: torch.Tensor | None = None  # P_l^1/2 [D] (Adam variant)
+    damping: float = 0.0  # H_l + d I: bounds the response of flat directions like EK-FAC's damping
+    damping_mode: str = "relative"
 
 
 def query_directions(query: torch.Tensor, segments: list[Segment], num_docs: int) -> list[torch.Tensor]:
@@ -187,10 +195,10 @@ def query_directions(query: torch.Tensor, segments: list[Segment], num_docs: int
     for i in reversed(range(len(segments))):
         seg = segments[i]
         vt = v if seg.sqrt_scale is None else v * seg.sqrt_scale
-        r = _spectral(seg.fit, vt, lambda lam: response_scale(lam, seg.eta))
+        r = _spectral(seg.fit, vt, lambda lam: response_scale(lam, seg.eta), seg.damping, seg.damping_mode)
         out[i] = (r if seg.sqrt_scale is None else r * seg.sqrt_scale) / num_docs
         if i:
-            s = _spectral(seg.fit, vt, lambda lam: propagation_scale(lam, seg.eta))
+            s = _spectral(seg.fit, vt, lambda lam: propagation_scale(lam, seg.eta), seg.damping, seg.damping_mode)
             v = s if seg.sqrt_scale is None else s / seg.sqrt_scale
     return out
 

@@ -30,6 +30,11 @@ class SourceConfig(QueryOptions, RunOptions, GradientOptions, DataOptions):
     segment_learning_rates: list[float] | None = Field(
         None, description="Total learning rate of each segment (default: summed from the trainer's per-step "
         "history in trainer_state.json).")
+    damping: float = Field(
+        0.0, ge=0.0, description="Damping d: each segment's curvature becomes H + d I (0 = the paper's plain "
+        "unrolling; flat directions then respond with the segment's whole learning rate).")
+    damping_mode: Literal["relative", "absolute"] = Field(
+        "relative", description="relative: damping x the mean eigenvalue of each module; absolute: as given.")
     projection_dim: int = Field(
         0, ge=0, description="Random projection p of the per-checkpoint indexes (0 = full gradients; the Adam "
         "variant needs 0, its elementwise rescaling does not commute with the projection).")

@@ -134,7 +134,7 @@ def load_segments(cfg: SourceConfig, plan: dict) -> list[Segment]:
     for seg, eta in enumerate(plan["etas"]):
         fit = C.load_preconditioner(_segments_root(cfg), f"segment-{seg}", storage_options=cfg.storage_options)
         scale = fit.tensors.get(stat_key(SCALE_MODULE, "P_sqrt"))
-        out.append(Segment(fit, float(eta), scale))
+        out.append(Segment(fit, float(eta), scale, cfg.damping, cfg.damping_mode))
     return out
 
 
@@ -193,6 +193,7 @@ def score_source(cfg: SourceConfig, plan: dict, query_file: str) -> dict:
                       fsu.join(cfg.output.rstrip("/"), TOPK_FILE), cfg.storage_options)
     summary = {"method": "source", "variant": plan["variant"], "segments": plan["groups"],
                "segment_learning_rates": plan["etas"], "checkpoints": plan["checkpoints"],
+               "damping": cfg.damping, "damping_mode": cfg.damping_mode,
                "queries": cfg.queries, "documents": int(metas[0]["dataset"]["rows"]), "top_k": int(scores.shape[1]),
                "output": out, "score_seconds": time.perf_counter() - t0}
     fs, path = fsu.url_to_fs(fsu.join(cfg.output.rstrip("/"), SUMMARY_FILE), cfg.storage_options)

@@ -1,10 +1,10 @@
-"""Benchmark rows of the training-dynamics methods (TracIn over checkpoints, MAGIC), registered
+"""Benchmark rows of the training-dynamics methods (TracIn over checkpoints, SOURCE, MAGIC), registered
 into `bergson benchmark`'s method registry. Not a command (no NAME): the CLI imports every module
 here when it starts, which is what registers them.
 
-Both rows read the bank's recipe (bank.json), so they attribute exactly the run the bank retrains:
-TracIn retrains it once with checkpoints (bit-identical weights: the trainer is deterministic), builds
-one index per checkpoint and sums lr-weighted inner products; MAGIC differentiates the whole run.
+Every row reads the bank's recipe (bank.json), so it attributes exactly the run the bank retrains:
+TracIn and SOURCE retrain it once with checkpoints (bit-identical weights: the trainer is
+deterministic) and build one index per checkpoint; MAGIC differentiates the whole run.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import shutil
 from .benchmark import Bench, method
 
 TRACIN_CHECKPOINTS = 4
+SOURCE_CHECKPOINTS = 6
+SOURCE_SEGMENTS = 3
 
 
 def _recipe(bench: Bench) -> dict:
@@ -23,41 +25,49 @@ def _recipe(bench: Bench) -> dict:
     return Bank(os.path.join(bench.workdir, "bank")).meta()["recipe"]
 
 
-@method("TracIn (4 checkpoints)", "sum over 4 checkpoints of lr x projected gradient inner product "
-        "(Pruthi et al. 2020)")
-def _tracin(bench: Bench) -> str:
+def _checkpointed_run(bench: Bench, folder: str, checkpoints: int) -> list[str]:
+    """Retrain the bank's recipe with `checkpoints` evenly spaced checkpoints (bit-identical weights to
+    the bank's full run: the trainer is deterministic); returns the checkpoint folders in order."""
+    import copy
     import math
 
     from bergson_core.build import open_corpus
-    from bergson_core.config import BuildConfig
+    from bergson_core.config import ModelOptions
     from bergson_core.data import tokenize_rows
-    from bergson_core.dynamics_config import TracInConfig
     from bergson_core.eval_config import TrainOptions
     from bergson_core.models import load_model
     from bergson_core.train import total_steps, train
 
-    from ..tracin import tracin
-    from .build import run_build
-
     recipe = _recipe(bench)
-    root = os.path.join(bench.workdir, "tracin")
-    shutil.rmtree(root, ignore_errors=True)
     corpus = open_corpus(recipe["dataset"], recipe["split"], {})
-    loaded = load_model(BuildConfig(index=root, model=recipe["model"], dtype="float32", device="cpu"))
+    loaded = load_model(ModelOptions(model=recipe["model"], dtype="float32", device="cpu"))
     docs = tokenize_rows(corpus, 0, len(corpus), loaded.tokenizer, recipe["max_length"], recipe["text_column"],
                          recipe["prompt_column"], recipe["completion_column"], recipe["id_column"])
     opts = TrainOptions(**{k: recipe[k] for k in TrainOptions.model_fields})
     steps = total_steps(len(docs), opts)
-    opts = opts.model_copy(update={"checkpoint_every": math.ceil(steps / TRACIN_CHECKPOINTS)})
-    import copy
-
+    opts = opts.model_copy(update={"checkpoint_every": math.ceil(steps / checkpoints)})
     model = copy.deepcopy(loaded.model).requires_grad_(True)
-    train(model, docs, opts, pad_id=getattr(loaded.tokenizer, "pad_token_id", None) or 0,
-          checkpoint_dir=os.path.join(root, "run"), tokenizer=loaded.tokenizer)
+    train(model, docs, opts, pad_id=getattr(loaded.tokenizer, "pad_token_id", None) or 0, checkpoint_dir=folder,
+          tokenizer=loaded.tokenizer)
+    names = sorted(os.listdir(folder), key=lambda n: int(n.split("-")[1]))
+    return [os.path.join(folder, n) for n in names]
+
+
+@method("TracIn (4 checkpoints)", "sum over 4 checkpoints of lr x projected gradient inner product "
+        "(Pruthi et al. 2020)")
+def _tracin(bench: Bench) -> str:
+    from bergson_core.config import BuildConfig
+    from bergson_core.dynamics_config import TracInConfig
+
+    from ..tracin import tracin
+    from .build import run_build
+
+    root = os.path.join(bench.workdir, "tracin")
+    shutil.rmtree(root, ignore_errors=True)
     indexes = []
-    for name in sorted(os.listdir(os.path.join(root, "run")), key=lambda n: int(n.split("-")[1])):
-        index = os.path.join(root, "indexes", name)
-        run_build(BuildConfig(index=index, model=os.path.join(root, "run", name, "model"), dataset=bench.corpus,
+    for checkpoint in _checkpointed_run(bench, os.path.join(root, "run"), TRACIN_CHECKPOINTS):
+        index = os.path.join(root, "indexes", os.path.basename(checkpoint))
+        run_build(BuildConfig(index=index, model=os.path.join(checkpoint, "model"), dataset=bench.corpus,
                               id_column="id", projection_dim=bench.projection_dim, loss_reduction="mean",
                               grad_dtype="float32", progress=False))
         indexes.append(index)
@@ -65,6 +75,23 @@ def _tracin(bench: Bench) -> str:
                                   query_completion_column="completion", output=os.path.join(root, "scores"),
                                   progress=False))
     return summary["output"]
+
+
+@method(f"SOURCE ({SOURCE_CHECKPOINTS} checkpoints, {SOURCE_SEGMENTS} segments)",
+        "approximate unrolling (Bae et al. 2024), Adam variant: per-segment EK-FAC on full gradients rescaled by "
+        "the saved Adam state, the query carried back through the segments")
+def _source(bench: Bench) -> str:
+    from bergson_core.source_config import SourceConfig
+
+    from ..source import source
+
+    root = os.path.join(bench.workdir, "source")
+    shutil.rmtree(root, ignore_errors=True)
+    checkpoints = _checkpointed_run(bench, os.path.join(root, "run"), SOURCE_CHECKPOINTS)
+    cfg = SourceConfig(checkpoints=checkpoints, segments=SOURCE_SEGMENTS, dataset=bench.corpus, id_column="id",
+                       queries=bench.queries, query_prompt_column="prompt", query_completion_column="completion",
+                       loss_reduction="mean", output=os.path.join(root, "out"), progress=False)
+    return source(cfg)["output"]
 
 
 @method("MAGIC (exact metagradients)", "d query loss / d document weight by reverse-mode through all "

@@ -99,7 +99,8 @@ def test_segment_algebra_matches_dense_matrix_exponentials(run, tmp_path):
     from bergson_core import curvature as C
     from bergson_core.store import Index
 
-    cfg = config(run, tmp_path / "out", segments=2)  # segments [checkpoint-2, checkpoint-4], [checkpoint-6]
+    # segments [checkpoint-2, checkpoint-4], [checkpoint-6]; H + d I with d = 0.1 x mean eigenvalue
+    cfg = config(run, tmp_path / "out", segments=2, damping=0.1)
     summary = run_source(cfg)
     assert summary["variant"] == "adam" and summary["segments"] == [[0, 1], [2]]
     meta = Index(cfg.index_url(0)).meta()
@@ -130,7 +131,7 @@ def test_segment_algebra_matches_dense_matrix_exponentials(run, tmp_path):
             # the corrected eigenvalues are the Fisher diagonal of the P^1/2-rescaled autograd gradients
             rescaled = np.concatenate([G[k].numpy()[:, sl] * np.sqrt(p[sl]) for k in members])
             np.testing.assert_allclose(lam, ((rescaled @ q) ** 2).mean(0), rtol=1e-5, atol=1e-7 * lam.max())
-            h = (q * lam) @ q.T  # H~ of the segment, dense
+            h = (q * lam) @ q.T + 0.1 * lam.mean() * np.eye(len(lam))  # H~ + d I of the segment, dense
             w = h.shape[0]
             s_mat = expm(-etas[seg] * h)
             aug = np.zeros((2 * w, 2 * w))
