@@ -64,13 +64,14 @@ class Checkpoint:
 
 
 def read_checkpoints(paths: list[str]) -> list[Checkpoint]:
-    """The checkpoints in training order, each with its trainer state; refuses anything else."""
+    """The checkpoints sorted by training step (a shell glob lists checkpoint-140 before
+    checkpoint-70), each with its trainer state; refuses anything else."""
     from .tracin import checkpoint_folder
     from .train import MODEL_DIR, read_trainer_state
 
     if not paths:
         raise ConfigError("give the training checkpoints: --checkpoints CHECKPOINT [CHECKPOINT ...]")
-    out, prev = [], 0
+    out = []
     for path in paths:
         if not os.path.isdir(path):
             raise ConfigError(f"checkpoint {path} does not exist: pass trainer checkpoint folders (checkpoint-N)")
@@ -80,12 +81,12 @@ def read_checkpoints(paths: list[str]) -> list[Checkpoint]:
         state = read_trainer_state(folder)
         if "lr_history" not in state:
             raise ConfigError(f"{folder}/trainer_state.json has no lr_history: pass --segment-learning-rates")
-        if state["step"] <= prev:
-            raise ConfigError(f"checkpoints must be in training order: {path} is at step {state['step']}, "
-                              f"after step {prev}")
         model = os.path.join(folder, MODEL_DIR)
         out.append(Checkpoint(folder, model if os.path.isdir(model) else folder, int(state["step"]), state))
-        prev = state["step"]
+    out.sort(key=lambda c: c.step)
+    for a, b in zip(out, out[1:]):
+        if a.step == b.step:
+            raise ConfigError(f"checkpoints {a.folder} and {b.folder} are both at step {a.step}: pass each once")
     return out
 
 

@@ -16,8 +16,8 @@ class SourceConfig(QueryOptions, RunOptions, GradientOptions, DataOptions):
     """`bergson source`: approximate unrolling over training checkpoints grouped in segments."""
 
     checkpoints: list[str] = Field(
-        ..., description="Trainer checkpoint folders in training order (each with trainer_state.json, its model "
-        "in MODEL/ or the folder itself, and optimizer.safetensors for the Adam variant). The last one is the "
+        ..., description="Trainer checkpoint folders, any order (sorted by step; each with trainer_state.json, its model "
+        "in MODEL/ or the folder itself, and optimizer.safetensors for the Adam variant). The latest one is the "
         "trained model whose query losses are attributed.")
     segments: int | None = Field(
         None, gt=0, description="Number of segments the checkpoints are grouped into, in order and as evenly as "

@@ -202,6 +202,14 @@ def test_short_segments_are_tracin(run, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
 
+def test_checkpoints_are_taken_in_training_order_whatever_order_they_come_in(run, tmp_path):
+    from bergson_core.source_run import plan_source
+
+    shuffled = [run["checkpoints"][k] for k in (2, 0, 1)]
+    plan = plan_source(config(run, tmp_path / "out", checkpoints=shuffled, segments=2))
+    assert [c["step"] for c in plan["checkpoints"]] == [2, 4, 6] and plan["groups"] == [[0, 1], [2]]
+
+
 def test_a_rerun_reuses_every_step_and_gives_the_same_scores(run, tmp_path):
     from bergson_core.source_run import plan_source, segment_fit
 
@@ -214,7 +222,7 @@ def test_a_rerun_reuses_every_step_and_gives_the_same_scores(run, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"checkpoints": "reversed"}, "training order"),
+    ({"checkpoints": "twice"}, "both at step 6"),
     ({"segments": 4}, "lower --segments"),
     ({"optimizer": "adam", "projection_dim": 4}, "--projection-dim 0"),
     ({"segment_learning_rates": [1.0]}, "1 segment learning rates for 3 segments"),
@@ -223,8 +231,8 @@ def test_a_rerun_reuses_every_step_and_gives_the_same_scores(run, tmp_path):
 def test_bad_setups_are_refused_before_any_work(run, tmp_path, change, message):
     from bergson_core.source_run import plan_source
 
-    if change.get("checkpoints") == "reversed":
-        change = {"checkpoints": run["checkpoints"][::-1]}
+    if change.get("checkpoints") == "twice":
+        change = {"checkpoints": run["checkpoints"] + run["checkpoints"][-1:]}
     cfg = config(run, tmp_path / "out", **change)
     with pytest.raises(ConfigError, match=message):
         plan_source(cfg)
