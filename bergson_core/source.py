@@ -33,6 +33,7 @@ eta / (1 - m). With one segment and eta -> infinity, SOURCE is the EK-FAC influe
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -84,7 +85,7 @@ def read_checkpoints(paths: list[str]) -> list[Checkpoint]:
         model = os.path.join(folder, MODEL_DIR)
         out.append(Checkpoint(folder, model if os.path.isdir(model) else folder, int(state["step"]), state))
     out.sort(key=lambda c: c.step)
-    for a, b in zip(out, out[1:]):
+    for a, b in itertools.pairwise(out):
         if a.step == b.step:
             raise ConfigError(f"checkpoints {a.folder} and {b.folder} are both at step {a.step}: pass each once")
     return out
@@ -196,10 +197,10 @@ def query_directions(query: torch.Tensor, segments: list[Segment], num_docs: int
     for i in reversed(range(len(segments))):
         seg = segments[i]
         vt = v if seg.sqrt_scale is None else v * seg.sqrt_scale
-        r = _spectral(seg.fit, vt, lambda lam: response_scale(lam, seg.eta), seg.damping, seg.damping_mode)
+        r = _spectral(seg.fit, vt, lambda lam, eta=seg.eta: response_scale(lam, eta), seg.damping, seg.damping_mode)
         out[i] = (r if seg.sqrt_scale is None else r * seg.sqrt_scale) / num_docs
         if i:
-            s = _spectral(seg.fit, vt, lambda lam: propagation_scale(lam, seg.eta), seg.damping, seg.damping_mode)
+            s = _spectral(seg.fit, vt, lambda lam, eta=seg.eta: propagation_scale(lam, eta), seg.damping, seg.damping_mode)
             v = s if seg.sqrt_scale is None else s / seg.sqrt_scale
     return out
 

@@ -235,4 +235,4 @@ def spec_of(cfg: SourceConfig) -> str:
     return spec_hash(cfg.model_dump(exclude={"progress", "device", "storage_options"}))[:10]
 
 
-__all__ = ["StoreError", "plan_source", "run_source", "segment_fit", "score_source", "final_query_gradients"]
+__all__ = ["StoreError", "final_query_gradients", "plan_source", "run_source", "score_source", "segment_fit"]

@@ -44,8 +44,9 @@ def run(tmp_path_factory):
 
 
 def config(run, out, **kw) -> SourceConfig:
-    fields = dict(checkpoints=run["checkpoints"], dataset=run["corpus"], queries=run["queries"], output=str(out),
-                  dtype="float64", device="cpu", loss_reduction="sum", shard_size=4, progress=False)
+    fields = {"checkpoints": run["checkpoints"], "dataset": run["corpus"], "queries": run["queries"],
+              "output": str(out), "dtype": "float64", "device": "cpu", "loss_reduction": "sum", "shard_size": 4,
+              "progress": False}
     fields.update(kw)
     return SourceConfig(**fields)
 
@@ -80,7 +81,8 @@ def adam_p(checkpoint: str, modules: list[dict], opts) -> torch.Tensor:
 
     from safetensors.torch import load_file
 
-    step = json.load(open(os.path.join(checkpoint, "trainer_state.json")))["step"]
+    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+        step = json.load(f)["step"]
     state = load_file(os.path.join(checkpoint, "optimizer.safetensors"))
     cols = []
     for m in modules:
@@ -151,7 +153,13 @@ def test_one_segment_with_a_long_horizon_is_ekfac_influence(run, tmp_path):
     """eta -> infinity: (1 - exp(-eta lambda)) / lambda -> 1 / lambda, EK-FAC's undamped inverse."""
     from bergson_core import curvature as C
     from bergson_core.curvature_config import FitConfig
-    from bergson_core.fit_run import fit_and_save, lambda_pass, plan_fit, reduce_pass, stats_shard
+    from bergson_core.fit_run import (
+        fit_and_save,
+        lambda_pass,
+        plan_fit,
+        reduce_pass,
+        stats_shard,
+    )
     from bergson_core.store import Index, grad_matrix, read_grads
 
     last = run["checkpoints"][-1:]
