@@ -12,16 +12,17 @@ interleaved (A, B, A, B, ...; the order rotates) and the median over repeats is 
   f16 in memory        the same from a float16 copy in RAM, each block converted to float32 first:
                        separates the cost of decoding float16 from the cost of the store and top-k
   first score_index    the first call in the process, which also verifies every shard's sha256
-  (--proposed)         score_index with two proposed changes, monkeypatched here: TopK.add
-                       pre-filters each block with torch.topk before the exact stable-sort merge
-                       (proposed_topk_add), and blocks are decoded into a reused float32 buffer
-                       with torch's copy_ (decode_into) instead of a fresh np.asarray per block
+  (--before)           score_index as it was before the top-k pre-filter and the reused decode
+                       buffer (score_index_before: a full stable sort of k + n entries per row and
+                       block, a fresh np.array per float16 block), to compare in the same run; its
+                       top-k scores and documents are checked bitwise equal to score_index's
 
 How to read it: rows/s = corpus rows scored per second (all queries at once). The ratio is
 score_index / in-memory matmul; 1.0 means storage, float16 decoding and top-k merging cost nothing.
 
     .venv/bin/python benchmarks/scoring.py            # 50,000 x 4,096 in 5 shards, 32 queries
     .venv/bin/python benchmarks/scoring.py --quick    # 10,000 x 4,096 in 3 shards
+    .venv/bin/python benchmarks/scoring.py --threads 1 --before   # as in the README
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import shutil
 import statistics
 import tempfile
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -75,65 +75,42 @@ def matmul_topk(q: torch.Tensor, corpus: torch.Tensor, k: int, block: int):
     return best_s, best_i
 
 
-def proposed_topk_add(self, scores: torch.Tensor, first_doc: int) -> None:
-    """TopK.add that sorts k candidates per row instead of the whole block, with the same result.
+class TopKBefore:
+    """bergson_core.scoring.TopK.add as it was: every block merged by a full stable sort."""
 
-    An entry below a row's k-th largest block score is beaten by k entries of its own block, so it
-    can never be in the top-k; when no row has a tie at its k-th score, the block's top-k set is
-    exactly torch.topk's, and the existing stable (score, doc index) merge orders it. With ties at
-    the k-th score (e.g. zero rows of empty documents) it falls back to the full merge."""
-    from bergson_core.scoring import TopK
+    def __init__(self, rows: int, k: int):
+        self.k = k
+        self.scores = torch.full((rows, 0), -float("inf"))
+        self.docs = torch.zeros((rows, 0), dtype=torch.long)
 
-    k = self.k
-    if scores.shape[1] > k:
-        vals, cols = scores.topk(k, dim=1)  # [R, k]
-        if int((scores >= vals[:, -1:]).sum()) == scores.shape[0] * k:
-            return _merge(self, vals, cols + first_doc)
-    return TopK._original_add(self, scores, first_doc)
-
-
-def _merge(self, scores: torch.Tensor, docs: torch.Tensor) -> None:
-    s = torch.cat([self.scores, scores], dim=1)
-    d = torch.cat([self.docs, docs], dim=1)
-    by_doc = torch.argsort(d, dim=1, stable=True)
-    s, d = s.gather(1, by_doc), d.gather(1, by_doc)
-    by_score = torch.argsort(s, dim=1, descending=True, stable=True)[:, : self.k]
-    self.scores, self.docs = s.gather(1, by_score), d.gather(1, by_score)
+    def add(self, scores: torch.Tensor, first_doc: int) -> None:
+        docs = torch.arange(first_doc, first_doc + scores.shape[1]).expand_as(scores)
+        s = torch.cat([self.scores, scores], dim=1)
+        d = torch.cat([self.docs, docs], dim=1)
+        by_doc = torch.argsort(d, dim=1, stable=True)
+        s, d = s.gather(1, by_doc), d.gather(1, by_doc)
+        by_score = torch.argsort(s, dim=1, descending=True, stable=True)[:, : self.k]
+        self.scores, self.docs = s.gather(1, by_score), d.gather(1, by_score)
 
 
-def decode_into(buffers: dict, block: np.ndarray) -> torch.Tensor:
-    """A float32 copy of a float16 block, written into a buffer reused across blocks: a fresh 64 MB
-    array per block costs page faults, and torch's copy_ converts with SIMD (numpy's does not)."""
-    n, width = block.shape
-    buf = buffers.get(width)
-    if buf is None or buf.shape[0] < n:
-        buf = buffers[width] = torch.empty((n, width), dtype=torch.float32)
-    with warnings.catch_warnings():  # a read-only memory map is fine as the source of a copy
-        warnings.simplefilter("ignore", UserWarning)
-        src = torch.from_numpy(block)
-    return buf[:n].copy_(src)  # [n, D]
+def score_index_before(index: Index, q: np.ndarray, metric: str, aggregate: str, top_k: int, block_rows: int):
+    """score_index's loop as it was (no transforms): TopKBefore, and a fresh float32 np.array per block."""
+    from bergson_core.scoring import _unit, prepare_queries
+    from bergson_core.store import grad_matrix
 
-
-def score_proposed(*args):
-    """score_index with both proposed changes: TopK pre-filter and decoding into a reused buffer."""
-    from bergson_core import scoring as sc
-
-    buffers: dict = {}
-    original_block = sc.score_block
-
-    def score_block(qt, block, metric, aggregate):  # sc.score_block, decoding with decode_into
-        d = decode_into(buffers, block)  # [n, D]
-        if metric == "cosine":
-            d = sc._unit(d)
-        s = qt @ d.T  # [R, n]
-        return s.max(dim=0, keepdim=True).values if aggregate == "max" else s
-
-    sc.TopK._original_add = sc.TopK.__dict__["add"]
-    sc.TopK.add, sc.score_block = proposed_topk_add, score_block
-    try:
-        return score_index(*args)
-    finally:
-        sc.TopK.add, sc.score_block = sc.TopK._original_add, original_block
+    qt = prepare_queries(q, metric, aggregate)
+    top = TopKBefore(1 if aggregate in ("mean", "max") else qt.shape[0], top_k)
+    for manifest in index.manifests():
+        grads = grad_matrix(index.open_shard(manifest["shard"], manifest))
+        for lo in range(0, grads.shape[0], block_rows):
+            d = torch.from_numpy(np.array(grads[lo : lo + block_rows], dtype=np.float32))
+            if metric == "cosine":
+                d = _unit(d)
+            s = qt @ d.T
+            if aggregate == "max":
+                s = s.max(dim=0, keepdim=True).values
+            top.add(s, manifest["start"] + lo)
+    return top.scores.numpy(), top.docs.numpy()
 
 
 def main() -> None:
@@ -146,9 +123,12 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--block-rows", type=int, default=4096, help="ScoreConfig's default block size")
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--proposed", action="store_true",
-                    help="also time score_index with the proposed TopK pre-filter (see proposed_topk_add)")
+    ap.add_argument("--before", action="store_true",
+                    help="also time score_index as it was before the pre-filter and decode buffer")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = args.rows or (10_000 if args.quick else 50_000)
     shards = args.shards or (3 if args.quick else 5)
     repeats = args.repeats or (3 if args.quick else 5)
@@ -177,10 +157,14 @@ def main() -> None:
             "matmul in memory": lambda: matmul_topk(qt, corpus, k, block),
             "f16 in memory": lambda: matmul_topk(qt, corpus16, k, block),
         }
-        if args.proposed:
-            prop = score_proposed(index, q, "inner", "individual", k, block)
-            same_prop = np.array_equal(prop[1], first[1]) and np.array_equal(prop[0], first[0])
-            methods["score_index inner, proposed"] = lambda: score_proposed(index, q, "inner", "individual", k, block)
+        if args.before:
+            same_before = all(
+                np.array_equal(x, y) for metric in ("inner", "cosine")
+                for x, y in zip(score_index_before(index, q, metric, "individual", k, block),
+                                score_index(index, q, metric, "individual", k, block)))
+            methods["score_index inner, before"] = lambda: score_index_before(index, q, "inner", "individual", k, block)
+            methods["score_index cosine, before"] = lambda: score_index_before(index, q, "cosine", "individual", k,
+                                                                               block)
         names = list(methods)
         times = {n: [] for n in names}
         for r in range(repeats):
@@ -195,8 +179,9 @@ def main() -> None:
               f"top-{k}, blocks of {block:,} rows, {torch.get_num_threads()} threads, {repeats} repeats "
               f"(index written in {t_write:.1f} s)")
         print(f"top-{k} documents identical to the baseline: {same}; max score difference {gap:.2e}")
-        if args.proposed:
-            print(f"proposed changes give bitwise the same top-{k} scores and documents as score_index: {same_prop}")
+        if args.before:
+            print(f"score_index before the changes gives bitwise the same top-{k} scores and documents "
+                  f"(inner and cosine): {same_before}")
         print(f"| {'method':<30} | {'median s':>9} | {'min s':>7} | {'rows/s':>12} | {'vs matmul':>9} |")
         print(f"|{'-' * 32}|{'-' * 11}|{'-' * 9}|{'-' * 14}|{'-' * 11}|")
         base_t = med["matmul in memory"]
@@ -205,8 +190,9 @@ def main() -> None:
                   f"{base_t / med[n]:>9.2f} |")
         print(f"| {'first score_index (+sha256)':<30} | {t_first:>9.3f} | {'':>7} | {rows / t_first:>12,.0f} | "
               f"{base_t / t_first:>9.2f} |")
-        paired = [b / a for a, b in zip(times["score_index inner"], times["matmul in memory"])]
-        print(f"score_index inner / matmul, median of per-repeat ratios: {statistics.median(paired):.2f}")
+        for n in [n for n in names if n.startswith("score_index")]:
+            paired = [b / a for a, b in zip(times[n], times["matmul in memory"])]
+            print(f"{n} / matmul, median of per-repeat ratios: {statistics.median(paired):.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -7,6 +7,7 @@ positive score means that upweighting d lowers the query loss, to first order.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -97,7 +98,25 @@ class TopK:
         self.docs = torch.zeros((rows, 0), dtype=torch.long)
 
     def add(self, scores: torch.Tensor, first_doc: int) -> None:  # scores [R, n]
-        docs = torch.arange(first_doc, first_doc + scores.shape[1]).expand_as(scores)
+        n = scores.shape[1]
+        if n > self.k:
+            # Pre-filter so the exact sort below sees ~k candidates per row, not the whole block. An
+            # entry strictly below its row's k-th largest block score is beaten by k entries of its
+            # own block, so it can never be in the top-k; every other entry (ties with the k-th
+            # value, NaN) is kept, so a tied document with a lower index is never dropped.
+            # topk(m), m = the most entries kept in any row, holds all of them in every row
+            # (topk ranks NaN highest, as the sort does).
+            vals, cols = scores.topk(self.k, dim=1)  # [R, k]
+            m = n - int((scores < vals[:, -1:]).sum(dim=1).min())  # >= k
+            if m < n:
+                if m > self.k:
+                    vals, cols = scores.topk(m, dim=1)
+                self._merge(vals, cols + first_doc)
+                return
+        docs = torch.arange(first_doc, first_doc + n).expand_as(scores)
+        self._merge(scores, docs)
+
+    def _merge(self, scores: torch.Tensor, docs: torch.Tensor) -> None:
         s = torch.cat([self.scores, scores], dim=1)
         d = torch.cat([self.docs, docs], dim=1)
         # sort by doc index first, then stable sort by score: deterministic tie order
@@ -107,11 +126,34 @@ class TopK:
         self.scores, self.docs = s.gather(1, by_score), d.gather(1, by_score)
 
 
-def score_block(qt: torch.Tensor, block: np.ndarray, metric: str, aggregate: str) -> torch.Tensor:
-    """Scores [R, n] of prepared queries against a block of corpus rows."""
-    d = torch.from_numpy(np.array(block, dtype=np.float32))  # [n, D]; a writable copy of one block
+class BlockDecoder:
+    """float32 copies of corpus blocks, written into one buffer reused across blocks: a fresh
+    [n, D] array per block costs page faults, and torch's copy_ converts float16 with SIMD (numpy's
+    does not). float16 -> float32 is exact, so the values are the same as np.array's."""
+
+    def __init__(self):
+        self.buf: torch.Tensor | None = None
+
+    def __call__(self, block: np.ndarray) -> torch.Tensor:  # [n, D]; valid until the next call
+        n, width = block.shape
+        if self.buf is None or self.buf.shape[1] != width or self.buf.shape[0] < n:
+            self.buf = torch.empty((n, width), dtype=torch.float32)
+        with warnings.catch_warnings():  # a read-only memory map is fine as the source of a copy
+            warnings.simplefilter("ignore", UserWarning)
+            src = torch.from_numpy(np.ascontiguousarray(block))
+        return self.buf[:n].copy_(src)
+
+
+def score_block(qt: torch.Tensor, block: np.ndarray, metric: str, aggregate: str,
+                decode: BlockDecoder | None = None) -> torch.Tensor:
+    """Scores [R, n] of prepared queries against a block of corpus rows. With `decode` the block is
+    decoded into its reused buffer (and normalised there for cosine) instead of a fresh copy."""
+    if decode is None:
+        d = torch.from_numpy(np.array(block, dtype=np.float32))  # [n, D]; a writable copy of one block
+    else:
+        d = decode(block)
     if metric == "cosine":
-        d = _unit(d)
+        d = d.div_(d.norm(dim=1, keepdim=True).clamp(min=1e-30))  # in place: d is our own copy; as _unit
     s = qt @ d.T  # [R, n]
     if aggregate == "max":
         s = s.max(dim=0, keepdim=True).values
@@ -144,6 +186,7 @@ def score_index(
     qt = prepare_queries(q if transform is None else transform(q), metric, aggregate)
     rows = 1 if aggregate in ("mean", "max") else qt.shape[0]
     top = TopK(rows, top_k)
+    decode = BlockDecoder()
     for manifest in manifests:
         table = index.open_shard(manifest["shard"], manifest)
         grads = grad_matrix(table)
@@ -151,7 +194,7 @@ def score_index(
             block = grads[lo : lo + block_rows]  # [n, D]
             if doc_transform is not None:
                 block = doc_transform(np.asarray(block, dtype=np.float32))
-            top.add(score_block(qt, block, metric, aggregate), manifest["start"] + lo)
+            top.add(score_block(qt, block, metric, aggregate, decode), manifest["start"] + lo)
         if on_shard:
             on_shard(manifest)
     return top.scores.numpy(), top.docs.numpy()
