@@ -148,25 +148,12 @@ def _score_config(cfg: SourceConfig, index: str) -> ScoreConfig:
 
 def final_query_gradients(cfg: SourceConfig, plan: dict) -> str:
     """The queries' gradients at the last checkpoint (its index's spec), kept in OUTPUT/queries."""
-    from .scoring import query_gradients
-    from .store import encode_grads
+    from .tracin import cached_query_gradients
 
     index = plan["indexes"][-1]
     meta = Index(index, cfg.storage_options).meta()
-    key = {"index_spec_hash": meta["spec_hash"], "model_fingerprint": meta["model_fingerprint"],
-           "queries": cfg.queries, "query_split": cfg.query_split,
-           "columns": [cfg.query_text_column, cfg.query_prompt_column, cfg.query_completion_column]}
-    base = fsu.join(cfg.output.rstrip("/"), QUERY_FILE)
-    fs, path = fsu.url_to_fs(base + ".json", cfg.storage_options)
-    if fsu.exists(fs, path) and fsu.read_json(fs, path) == key:
-        return base + ".arrow"
-    grads = query_gradients(meta, _score_config(cfg, index)).grads
-    data, _ = encode_grads(0, [str(i) for i in range(len(grads))], [0] * len(grads), grads, "float32",
-                           what="query gradients")
-    afs, apath = fsu.url_to_fs(base + ".arrow", cfg.storage_options)
-    fsu.write_bytes(afs, apath, data)
-    fsu.write_json(fs, path, key)  # last: marks the gradients complete
-    return base + ".arrow"
+    return cached_query_gradients(meta, _score_config(cfg, index), fsu.join(cfg.output.rstrip("/"), QUERY_FILE),
+                                  cfg.storage_options)
 
 
 def score_source(cfg: SourceConfig, plan: dict, query_file: str) -> dict:

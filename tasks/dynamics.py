@@ -16,24 +16,12 @@ def tracin_query_gradients(config: TracInConfig, k: int) -> str:
     """Query gradients at checkpoint k (index k's spec), written to OUTPUT/queries/checkpoint-k.arrow;
     reused when a file for the same index spec and queries is already there."""
     from bergson_core import fs as fsu
-    from bergson_core.store import Index, encode_grads
-    from bergson_core.tracin import QUERY_DIR, checkpoint_query_gradients
+    from bergson_core.store import Index
+    from bergson_core.tracin import QUERY_DIR, cached_query_gradients, score_config
 
     meta = Index(config.indexes[k], config.storage_options).meta()
-    key = {"index": config.indexes[k], "index_spec_hash": meta["spec_hash"],
-           "model_fingerprint": meta["model_fingerprint"], "queries": config.queries,
-           "columns": [config.query_text_column, config.query_prompt_column, config.query_completion_column]}
     base = fsu.join(config.output.rstrip("/"), QUERY_DIR, f"checkpoint-{k}")
-    fs, path = fsu.url_to_fs(base + ".json", config.storage_options)
-    if fsu.exists(fs, path) and fsu.read_json(fs, path) == key:
-        return base + ".arrow"
-    grads = checkpoint_query_gradients(config, k)
-    data, _ = encode_grads(0, [str(i) for i in range(len(grads))], [0] * len(grads), grads, "float32",
-                           what="query gradients")
-    afs, apath = fsu.url_to_fs(base + ".arrow", config.storage_options)
-    fsu.write_bytes(afs, apath, data)
-    fsu.write_json(fs, path, key)  # last: marks the gradients complete
-    return base + ".arrow"
+    return cached_query_gradients(meta, score_config(config, config.indexes[k]), base, config.storage_options)
 
 
 @task(name="tracin-score", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
