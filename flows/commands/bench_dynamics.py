@@ -95,8 +95,8 @@ def _source(bench: Bench) -> str:
 
 
 @method("MAGIC (exact metagradients)", "d query loss / d document weight by reverse-mode through all "
-        "AdamW steps, sqrt checkpointing (Ilyas & Engstrom et al. 2025); over this recipe's 280 steps the exact "
-        "metagradient grows to ~1e8 (a chaotic end of training), see benchmarks/dynamics.md")
+        "AdamW steps, sqrt checkpointing (Ilyas & Engstrom et al. 2025); how large its metagradients grow on "
+        "each recipe: benchmarks/dynamics.md")
 def _magic(bench: Bench) -> str:
     from bergson_core.dynamics_config import MagicConfig
 
