@@ -112,9 +112,13 @@ def _cosine_full(bench: Bench) -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--workdir", default=".bergson-bench", help="Workspace: corpus, models, bank, indexes.")
-    parser.add_argument("--output", default="benchmarks/results",
-                        help="Output stem: writes STEM.md, STEM.parquet, STEM.png (default: benchmarks/results).")
+    parser.add_argument("--setup", default="default", choices=["default", "smooth"],
+                        help="Training recipe: default (AdamW eps 1e-8) or smooth (the same task trained so that "
+                        "MAGIC's metagradients stay bounded; its own workdir and table).")
+    parser.add_argument("--workdir", help="Workspace: corpus, models, bank, indexes (default: .bergson-bench, "
+                        ".bergson-bench-smooth with --setup smooth).")
+    parser.add_argument("--output", help="Output stem: writes STEM.md, STEM.parquet, STEM.png (default: "
+                        "benchmarks/results, benchmarks/results-smooth with --setup smooth).")
     parser.add_argument("--methods", nargs="+", metavar="NAME", help="Only these methods (default: all).")
     parser.add_argument("--num-subsets", type=int, help="Retrained subsets (default: 32).")
     parser.add_argument("--threads", type=int, default=1,
@@ -123,21 +127,23 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    result = run_benchmark(args.workdir, args.output, args.methods, args.num_subsets, args.threads, args.quick)
+    suffix = "" if args.setup == "default" else f"-{args.setup}"
+    result = run_benchmark(args.workdir or f".bergson-bench{suffix}", args.output or f"benchmarks/results{suffix}",
+                           args.methods, args.num_subsets, args.threads, args.quick, args.setup)
     with open(result["paths"]["markdown"]) as f:
         print(f.read())
     return 0
 
 
 def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, num_subsets: int | None = None,
-                  threads: int = 1, quick: bool = False) -> dict:
+                  threads: int = 1, quick: bool = False, setup_name: str = "default") -> dict:
     import dataclasses
 
     import torch
 
     from bergson_core.errors import ConfigError
     from bergson_core.eval.bank import FULL_RUN, Bank
-    from bergson_core.eval.benchmark import BenchSetup, prepare_workspace, write_results
+    from bergson_core.eval.benchmark import BenchSetup, prepare_workspace, scatter_name, write_results
     from bergson_core.eval.retrain import full_model_path
     from bergson_core.eval_config import RecallConfig, ValidateConfig
 
@@ -149,16 +155,19 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
     torch.set_num_threads(threads)
+    if setup_name not in ("default", "smooth"):
+        raise ConfigError(f"unknown setup {setup_name!r}; choose from ['default', 'smooth']")
     setup = BenchSetup.quick() if quick else BenchSetup()
+    if setup_name == "smooth":
+        setup = setup.smoothed()
     if num_subsets:
         setup = dataclasses.replace(setup, num_subsets=num_subsets)
     workdir = os.path.abspath(workdir)
     paths = prepare_workspace(workdir, setup)
     recipe = dict(bank=os.path.join(workdir, "bank"), model=paths["init"], dataset=paths["corpus"], id_column="id",
                   queries=paths["queries"], query_prompt_column="prompt", query_completion_column="completion",
-                  max_length=32, optimizer="adamw", lr=setup.lr, epochs=setup.epochs, batch_size=setup.batch_size,
-                  warmup_steps=setup.warmup_steps, schedule="linear", train_loss="mean",
-                  num_subsets=setup.num_subsets, subset_fraction=setup.subset_fraction, overwrite=True)
+                  max_length=32, **setup.train_options(), num_subsets=setup.num_subsets,
+                  subset_fraction=setup.subset_fraction, overwrite=True)
     bank_only = run_validate(ValidateConfig(**recipe))  # the full model and every retraining (kept if done)
     bench = Bench(workdir, paths["corpus"], paths["queries"], full_model_path(ValidateConfig(**recipe)),
                   bank_only["documents"], setup.projection_dim)
@@ -186,6 +195,7 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
                      "notes": METHODS[m["method"]][1]})
     full_manifest = Bank(recipe["bank"]).read_run(FULL_RUN)[1]
     command = "bergson benchmark" + (" --quick" if quick else "") + (
+        f" --setup {setup_name}" if setup_name != "default" else "") + (
         f" --num-subsets {num_subsets}" if num_subsets else "")
     info = {
         "command": command,
@@ -193,13 +203,15 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
         "documents": bank_only["documents"], "queries": bank_only["queries"], "people": setup.people,
         "attributes": len(setup.attributes), "subsets": setup.num_subsets, "fraction": setup.subset_fraction,
         "model": f"hidden {setup.hidden}, {setup.layers} layers, {setup.heads} heads",
-        "recipe": f"AdamW lr {setup.lr}, {setup.warmup_steps} warmup steps then linear decay, "
+        "recipe": f"AdamW lr {setup.lr}, eps {setup.eps:g}, weight decay {setup.weight_decay:g}, "
+                  f"{setup.warmup_steps} warmup steps then linear decay, "
                   f"{setup.epochs} epochs, batch {setup.batch_size}, {full_manifest['steps']} steps",
+        "setup": setup_name,
         "cost": lds["cost"], "full_seconds": full_manifest["seconds"],
         "retrained_now": bank_only["retrained_now"], "total_seconds": time.perf_counter() - t0,
     }
     out = write_results(rows, info, output)
     scatter = lds["paths"].get("scatter_plot")
     if scatter:
-        shutil.copyfile(scatter, os.path.join(os.path.dirname(output) or ".", "predicted_vs_actual.png"))
+        shutil.copyfile(scatter, os.path.join(os.path.dirname(output) or ".", scatter_name(setup_name)))
     return {"rows": rows, "info": info, "paths": out}

@@ -25,3 +25,31 @@ def test_quick_benchmark_writes_a_row_per_method(prefect_harness, tmp_path):
     assert os.path.getsize(stem + ".png") > 0
     assert os.path.exists(os.path.join(os.path.dirname(stem), "predicted_vs_actual.png"))
     assert not math.isnan(result["info"]["cost"]["seconds_per_retraining"])
+
+
+def test_smooth_setup_changes_only_the_optimizer_and_writes_its_own_files(prefect_harness, tmp_path):
+    import json
+
+    from bergson_core.eval.benchmark import BenchSetup, prepare_workspace
+    from flows.commands.benchmark import run_benchmark
+
+    def read(path, mode="r"):
+        with open(path, mode) as f:
+            return f.read()
+
+    default, smooth = BenchSetup(), BenchSetup.smooth()
+    assert smooth.eps > default.eps and smooth.lr < default.lr
+    # same corpus and init: the two setups differ only in how the model is trained
+    a = prepare_workspace(str(tmp_path / "a"), BenchSetup.quick())
+    b = prepare_workspace(str(tmp_path / "b"), BenchSetup.quick().smoothed())
+    assert read(a["corpus"]) == read(b["corpus"])
+    assert read(os.path.join(a["init"], "model.safetensors"), "rb") == \
+        read(os.path.join(b["init"], "model.safetensors"), "rb")
+    stem = str(tmp_path / "out" / "results-smooth")
+    result = run_benchmark(str(tmp_path / "work"), stem, ["random scores"], quick=True, setup_name="smooth")
+    assert json.loads(read(tmp_path / "work" / "bank" / "bank.json"))["recipe"]["eps"] == smooth.eps
+    text = read(stem + ".md")
+    assert "--setup smooth" in text and f"eps {smooth.eps:g}" in text and "(results-smooth.png)" in text
+    assert os.path.exists(tmp_path / "out" / "predicted_vs_actual-smooth.png")
+    assert not os.path.exists(tmp_path / "out" / "predicted_vs_actual.png")
+    assert [r["method"] for r in result["rows"]] == ["random scores"]
