@@ -11,7 +11,7 @@ here overriding its recipe. Prints one JSON line with
     keeping --keep of the documents (the benchmark keeps half).
 
     .venv/bin/python benchmarks/magic_smoothness.py --eps 1e-8               # the benchmark's recipe
-    .venv/bin/python benchmarks/magic_smoothness.py --eps 1e-4 --subsets 8   # a candidate, with LDS
+    .venv/bin/python benchmarks/magic_smoothness.py --setup smooth --subsets 16  # bergson benchmark --setup smooth
 """
 
 from __future__ import annotations
