@@ -89,9 +89,17 @@ COLUMNS = [("method", "method"), ("lds", "LDS"), ("lds_stderr", "± s.e."), ("re
            ("seconds", "wall time (s)"), ("notes", "notes")]
 
 
-def scatter_name(setup_name: str) -> str:
-    """The predicted-vs-actual plot's file name next to a setup's table."""
-    return "predicted_vs_actual.png" if setup_name == "default" else f"predicted_vs_actual-{setup_name}.png"
+def table_tag(setup_name: str, subset_fraction: float | None = None) -> str:
+    """The suffix naming a table's files and workdir: "" (default), "-smooth", "-keep95", ..."""
+    tag = "" if setup_name == "default" else f"-{setup_name}"
+    if subset_fraction is not None and subset_fraction != 0.5:
+        tag += f"-keep{round(subset_fraction * 100)}"
+    return tag
+
+
+def scatter_name(tag: str) -> str:
+    """The predicted-vs-actual plot's file name next to a table (tag from `table_tag`)."""
+    return f"predicted_vs_actual{tag}.png"
 
 
 def results_markdown(rows: list[dict], info: dict, plot: str = "results.png") -> str:
@@ -99,7 +107,7 @@ def results_markdown(rows: list[dict], info: dict, plot: str = "results.png") ->
     rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
     body = ["| " + " | ".join(fmt(r.get(k), 1 if k == "seconds" else 3) for k, _ in COLUMNS) + " |" for r in rows]
     c = info["cost"]
-    scatter = scatter_name(info.get("setup", "default"))
+    scatter = scatter_name(info.get("table", ""))
     return "\n".join([
         "# Attribution benchmark: LDS and fact recall" + (
             f" ({info['setup']} training recipe)" if info.get("setup", "default") != "default" else ""),

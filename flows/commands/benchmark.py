@@ -121,29 +121,47 @@ def add_arguments(parser) -> None:
                         "benchmarks/results, benchmarks/results-smooth with --setup smooth).")
     parser.add_argument("--methods", nargs="+", metavar="NAME", help="Only these methods (default: all).")
     parser.add_argument("--num-subsets", type=int, help="Retrained subsets (default: 32).")
+    parser.add_argument("--subset-fraction", type=float, metavar="F",
+                        help="Fraction of documents each retrained subset keeps (default: 0.5). Another fraction "
+                        "gets its own workdir and table (suffix -keepNN): 0.95 measures small perturbations, the "
+                        "regime first-order methods such as MAGIC linearise.")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default: 1; tiny models train fastest on one).")
     parser.add_argument("--quick", action="store_true", help="A smoke-test size: seconds, meaningless numbers.")
 
 
 def run(args) -> int:
-    suffix = "" if args.setup == "default" else f"-{args.setup}"
+    if args.subset_fraction is not None and not 0 < args.subset_fraction < 1:
+        from bergson_core.errors import ConfigError
+
+        raise ConfigError(f"--subset-fraction must be between 0 and 1, got {args.subset_fraction}")
+    from bergson_core.eval.benchmark import table_tag
+
+    suffix = table_tag(args.setup, args.subset_fraction)
     result = run_benchmark(args.workdir or f".bergson-bench{suffix}", args.output or f"benchmarks/results{suffix}",
-                           args.methods, args.num_subsets, args.threads, args.quick, args.setup)
+                           args.methods, args.num_subsets, args.threads, args.quick, args.setup,
+                           args.subset_fraction)
     with open(result["paths"]["markdown"]) as f:
         print(f.read())
     return 0
 
 
 def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, num_subsets: int | None = None,
-                  threads: int = 1, quick: bool = False, setup_name: str = "default") -> dict:
+                  threads: int = 1, quick: bool = False, setup_name: str = "default",
+                  subset_fraction: float | None = None) -> dict:
     import dataclasses
 
     import torch
 
     from bergson_core.errors import ConfigError
     from bergson_core.eval.bank import FULL_RUN, Bank
-    from bergson_core.eval.benchmark import BenchSetup, prepare_workspace, scatter_name, write_results
+    from bergson_core.eval.benchmark import (
+        BenchSetup,
+        prepare_workspace,
+        scatter_name,
+        table_tag,
+        write_results,
+    )
     from bergson_core.eval.retrain import full_model_path
     from bergson_core.eval_config import RecallConfig, ValidateConfig
 
@@ -162,6 +180,8 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
         setup = setup.smoothed()
     if num_subsets:
         setup = dataclasses.replace(setup, num_subsets=num_subsets)
+    if subset_fraction is not None:
+        setup = dataclasses.replace(setup, subset_fraction=subset_fraction)
     workdir = os.path.abspath(workdir)
     paths = prepare_workspace(workdir, setup)
     recipe = dict(bank=os.path.join(workdir, "bank"), model=paths["init"], dataset=paths["corpus"], id_column="id",
@@ -196,7 +216,8 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
     full_manifest = Bank(recipe["bank"]).read_run(FULL_RUN)[1]
     command = "bergson benchmark" + (" --quick" if quick else "") + (
         f" --setup {setup_name}" if setup_name != "default" else "") + (
-        f" --num-subsets {num_subsets}" if num_subsets else "")
+        f" --num-subsets {num_subsets}" if num_subsets else "") + (
+        f" --subset-fraction {subset_fraction:g}" if subset_fraction is not None else "")
     info = {
         "command": command,
         "machine": f"{os.cpu_count()} CPU cores, {threads} torch thread(s), device {full_manifest.get('device')}",
@@ -207,11 +228,12 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
                   f"{setup.warmup_steps} warmup steps then linear decay, "
                   f"{setup.epochs} epochs, batch {setup.batch_size}, {full_manifest['steps']} steps",
         "setup": setup_name,
+        "table": table_tag(setup_name, subset_fraction),
         "cost": lds["cost"], "full_seconds": full_manifest["seconds"],
         "retrained_now": bank_only["retrained_now"], "total_seconds": time.perf_counter() - t0,
     }
     out = write_results(rows, info, output)
     scatter = lds["paths"].get("scatter_plot")
     if scatter:
-        shutil.copyfile(scatter, os.path.join(os.path.dirname(output) or ".", scatter_name(setup_name)))
+        shutil.copyfile(scatter, os.path.join(os.path.dirname(output) or ".", scatter_name(info["table"])))
     return {"rows": rows, "info": info, "paths": out}

@@ -53,3 +53,23 @@ def test_smooth_setup_changes_only_the_optimizer_and_writes_its_own_files(prefec
     assert os.path.exists(tmp_path / "out" / "predicted_vs_actual-smooth.png")
     assert not os.path.exists(tmp_path / "out" / "predicted_vs_actual.png")
     assert [r["method"] for r in result["rows"]] == ["random scores"]
+
+
+def test_another_subset_fraction_gets_its_own_bank_and_files(prefect_harness, tmp_path):
+    import json
+
+    from bergson_core.eval.benchmark import table_tag
+    from flows.commands.benchmark import run_benchmark
+
+    assert (table_tag("default"), table_tag("smooth", 0.5), table_tag("smooth", 0.95)) == ("", "-smooth",
+                                                                                          "-smooth-keep95")
+    stem = str(tmp_path / "out" / "results-keep75")
+    run_benchmark(str(tmp_path / "work"), stem, ["random scores"], quick=True, subset_fraction=0.75)
+    with open(tmp_path / "work" / "bank" / "bank.json") as f:
+        assert json.load(f)["recipe"]["subset_fraction"] == 0.75
+    with open(stem + ".md") as f:
+        text = f.read()
+    assert "--subset-fraction 0.75" in text and "random 75% subsets" in text
+    assert "(predicted_vs_actual-keep75.png)" in text
+    assert os.path.exists(tmp_path / "out" / "predicted_vs_actual-keep75.png")
+    assert not os.path.exists(tmp_path / "out" / "predicted_vs_actual.png")
