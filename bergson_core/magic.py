@@ -34,14 +34,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .batching import collate
 from .data import Doc
 from .eval_config import TrainOptions
-from .train import init_state, learning_rate, sgd_update, step_batches, total_steps
+from .train import (
+    init_state,
+    learning_rate,
+    losses_from_logits,
+    sgd_update,
+    step_batches,
+    total_steps,
+)
 
 SCHEDULES = ("every", "sqrt", "log")
 
@@ -101,15 +107,8 @@ class MagicStats:
 def document_losses(model, params: Params, ids, mask, labels, reduction: str,
                     token_weights: torch.Tensor | None = None) -> torch.Tensor:
     """bergson_core.train.document_losses through functional_call (parameters as inputs) [B]."""
-    logits = functional_call(model, params, (), {"input_ids": ids, "attention_mask": mask}).logits[:, :-1]
-    target = labels[:, 1:]
-    tok = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")  # [B, T-1]
-    if token_weights is not None:
-        tok = tok * token_weights[:, 1:]
-    loss = tok.sum(dim=1)
-    if reduction == "mean":
-        loss = loss / (target != -100).sum(dim=1).clamp(min=1)
-    return loss
+    logits = functional_call(model, params, (), {"input_ids": ids, "attention_mask": mask}).logits
+    return losses_from_logits(logits, labels, reduction, token_weights)
 
 
 class Unrolled:

@@ -114,9 +114,14 @@ def document_losses(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tenso
     """Next-token cross-entropy per document [B], in the model's dtype; -100 labels carry no loss.
     `token_weights` [B, T] weighs the loss of predicting each position's token (position 0 unused);
     "mean" still divides by the number of counted tokens, so weights of 1 change nothing."""
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # [B, T-1, V]
+    return losses_from_logits(model(input_ids=ids, attention_mask=mask).logits, labels, reduction, token_weights)
+
+
+def losses_from_logits(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum",
+                       token_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """document_losses given the logits [B, T, V] (shared with MAGIC's functional forward)."""
     target = labels[:, 1:]  # [B, T-1]
-    tok = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")  # [B, T-1]
+    tok = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none")  # [B, T-1]
     if token_weights is not None:
         tok = tok * token_weights[:, 1:]
     loss = tok.sum(dim=1)
