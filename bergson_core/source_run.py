@@ -23,7 +23,7 @@ from . import fs as fsu
 from .config import CODE_VERSION, ScoreConfig, spec_hash
 from .curvature.stats import key as stat_key
 from .curvature_config import FitConfig
-from .errors import ConfigError, StoreError
+from .errors import ConfigError
 from .source import (
     SEGMENTS_DIR,
     SUMMARY_FILE,
@@ -222,4 +222,4 @@ def spec_of(cfg: SourceConfig) -> str:
     return spec_hash(cfg.model_dump(exclude={"progress", "device", "storage_options"}))[:10]
 
 
-__all__ = ["StoreError", "final_query_gradients", "plan_source", "run_source", "score_source", "segment_fit"]
+__all__ = ["final_query_gradients", "plan_source", "run_source", "score_source", "segment_fit"]
