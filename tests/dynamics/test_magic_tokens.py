@@ -11,26 +11,14 @@ import pytest
 import torch
 
 from bergson_core import magic_tokens
-from bergson_core.eval_config import TrainOptions
 from bergson_core.magic import Unrolled, metagradients, retrained_query_losses
 from bergson_core.train import train
-from tests.eval import helpers
 
-TEXTS = helpers.TEXTS[:6]
-QUERIES = ["the cat sat in the park", "a dog sails across the sea"]
-OPTIONS = {
-    "sgd": TrainOptions(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=0.01, epochs=2, batch_size=2,
-                        train_loss="mean", schedule="linear", warmup_steps=1),
-    "adamw": TrainOptions(optimizer="adamw", lr=0.01, weight_decay=0.1, eps=1e-6, epochs=2, batch_size=2,
-                          train_loss="sum", schedule="linear", warmup_steps=1),
-}
+from .test_magic import OPTIONS as DOCUMENT_OPTIONS
+from .test_magic import QUERIES, TEXTS, setup  # noqa: F401  (the shared tiny float64 setup fixture)
 
-
-@pytest.fixture(scope="module")
-def setup():
-    tok = helpers.tokenizer(QUERIES)
-    return {"model": helpers.model(tok, dtype=torch.float64), "docs": helpers.docs(tok, TEXTS),
-            "queries": helpers.docs(tok, QUERIES)}
+# the same recipes as the document-weight tests; AdamW with summed token losses, so both reductions are covered
+OPTIONS = {"sgd": DOCUMENT_OPTIONS["sgd"], "adamw": DOCUMENT_OPTIONS["adamw"].model_copy(update={"train_loss": "sum"})}
 
 
 def random_token_weights(docs, seed=0) -> torch.Tensor:
@@ -38,7 +26,7 @@ def random_token_weights(docs, seed=0) -> torch.Tensor:
     return 0.5 + torch.rand(magic_tokens.ones(docs).shape, generator=gen, dtype=torch.float64)
 
 
-def test_all_one_token_weights_are_the_document_training(setup):
+def test_all_one_token_weights_are_the_document_training(setup):  # noqa: F811
     docs = setup["docs"]
     plain = copy.deepcopy(setup["model"]).requires_grad_(True)
     train(plain, docs, OPTIONS["adamw"])
@@ -51,7 +39,7 @@ def test_all_one_token_weights_are_the_document_training(setup):
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
-def test_token_metagradients_sum_to_the_document_metagradient(setup, kind):
+def test_token_metagradients_sum_to_the_document_metagradient(setup, kind):  # noqa: F811
     opts, docs = OPTIONS[kind], setup["docs"]
     per_doc, _ = metagradients(setup["model"], docs, setup["queries"], opts, schedule="sqrt")
     per_token, _ = metagradients(setup["model"], docs, setup["queries"], opts, schedule="sqrt",
@@ -64,7 +52,7 @@ def test_token_metagradients_sum_to_the_document_metagradient(setup, kind):
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
-def test_unrolled_token_weighted_training_is_the_project_trainer(setup, kind):
+def test_unrolled_token_weighted_training_is_the_project_trainer(setup, kind):  # noqa: F811
     w = random_token_weights(setup["docs"])
     un = Unrolled(setup["model"], setup["docs"], OPTIONS[kind])
     final = un.run(un.initial(), w, un.total)
@@ -75,7 +63,7 @@ def test_unrolled_token_weighted_training_is_the_project_trainer(setup, kind):
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
-def test_token_metagradient_matches_finite_differences_of_retraining(setup, kind):
+def test_token_metagradient_matches_finite_differences_of_retraining(setup, kind):  # noqa: F811
     opts, model, docs, queries = OPTIONS[kind], setup["model"], setup["docs"], setup["queries"]
     w = random_token_weights(docs)
     grads, _ = metagradients(model, docs, queries, opts, weights=w, schedule="every")
