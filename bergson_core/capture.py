@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .head_loss import has_plain_head, head_document_losses
 from .modules import ModuleInfo
 from .projection import projection_matrix
 
@@ -55,6 +56,7 @@ class GradientCollector:
 
     # -- hooks ------------------------------------------------------------------------------
     def __enter__(self):
+        has_plain_head(self.model)  # checked (once per model) before any hook is on
         emb = self.model.get_input_embeddings()
         self._handles.append(emb.register_forward_hook(lambda m, i, o: o.requires_grad_(True)))
         for info in self.modules:
@@ -123,11 +125,22 @@ class GradientCollector:
         bsz = input_ids.shape[0]
         self._mask = attention_mask.to(self.dtype)
         self._out = torch.zeros(bsz, self.width, device=self.device, dtype=self.dtype)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        losses = document_losses(logits, labels, loss_reduction)
-        losses.sum().backward()
-        out, self._out, self._mask = self._out, None, None
-        return out, losses.detach()
+        try:
+            losses = hooked_losses(self.model, input_ids, attention_mask, labels, loss_reduction)
+            losses.sum().backward()
+            return self._out, losses.detach()
+        finally:  # also after an error inside the batch: nothing of this batch outlives it
+            self._out, self._mask = None, None
+            self._acts.clear()
+
+
+def hooked_losses(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Per-document losses [B] for a hooked pass: through the chunked LM head when the model has a
+    plain one (no [B, T, V] logits kept for backward), else from the full logits."""
+    if has_plain_head(model):
+        return head_document_losses(model, input_ids, attention_mask, labels, reduction)
+    return document_losses(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels, reduction)
 
 
 def document_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:

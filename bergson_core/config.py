@@ -80,8 +80,10 @@ class GradientOptions(_Options):
 
 
 class RunOptions(_Options):
-    batch_tokens: int = Field(
-        8192, gt=0, description="Token budget per batch (padded tokens of length-sorted documents)."
+    batch_tokens: int | None = Field(
+        None, gt=0, description="Token budget per batch (padded tokens of length-sorted documents); "
+        "default: as many as keep one batch's activations within 512 MiB on CPU (a quarter of the GPU's "
+        "memory on CUDA), measured on the model, at most 8192.",
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec storage options for s3:// and other remote URLs."

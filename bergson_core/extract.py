@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from .batch_budget import resolve_batch_tokens
 from .batching import collate, plan_batches
 from .capture import GradientCollector
 from .config import GradientOptions
@@ -41,7 +42,7 @@ def compute_gradients(
     modules: list[ModuleInfo],
     docs: list[Doc],
     opts: GradientOptions,
-    batch_tokens: int,
+    batch_tokens: int | None,
     on_batch: Callable[[int], None] | None = None,
     normalizers: dict | None = None,
 ) -> tuple[np.ndarray, ExtractStats]:
@@ -54,10 +55,12 @@ def compute_gradients(
     collector = GradientCollector(
         loaded.model, modules, opts.projection_dim, opts.projection_type, opts.projection_seed, normalizers
     )
-    out = None
+    lengths = [len(docs[i].input_ids) for i in live]
+    out = np.zeros((len(docs), width), dtype=np.float64 if collector.dtype.itemsize == 8 else np.float32)
+    with loaded.lock:
+        batch_tokens = resolve_batch_tokens(loaded.model, lengths, batch_tokens)
     with loaded.lock, collector:
-        out = np.zeros((len(docs), width), dtype=np.float64 if collector.dtype.itemsize == 8 else np.float32)
-        for batch in plan_batches([len(docs[i].input_ids) for i in live], batch_tokens):
+        for batch in plan_batches(lengths, batch_tokens):
             rows = [live[j] for j in batch]
             ids, mask, labels = collate([docs[r] for r in rows], pad, loaded.device)
             grads, _ = collector.run_batch(ids, mask, labels, opts.loss_reduction)

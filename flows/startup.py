@@ -84,9 +84,63 @@ def start_prefect() -> None:
     _filter_prefect_logs()
     if PREFECT_API_URL.value():
         return
+    watched_server_class()().start()
+
+
+def watched_server_class():
+    """Prefect's embedded API server, whose process is watched from the moment it is spawned.
+
+    Prefect keeps one server per port in a class-level table, so once this instance exists every
+    later `SubprocessASGIServer()` of this process (the flow's client) gets it back."""
     from prefect.server.api.server import SubprocessASGIServer
 
-    SubprocessASGIServer().start()
+    class WatchedServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self):
+            process = super()._run_uvicorn_command()
+            watch_parent(process.pid)
+            return process
+
+    return WatchedServer
+
+
+# Runs in a small separate process: when the CLI process is gone (exit, crash or SIGKILL, which
+# runs no atexit handler), kill the embedded API server it started, then exit; exit too when the
+# server is gone first.
+_WATCHDOG = """
+import os, signal, sys, time
+parent, server = int(sys.argv[1]), int(sys.argv[2])
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+while alive(server):
+    if os.getppid() != parent or not alive(parent):
+        try:
+            os.kill(server, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        break
+    time.sleep(0.5)
+"""
+
+
+def watch_parent(server_pid: int) -> None:
+    """Start the watchdog that ends the embedded API server with this process."""
+    import subprocess
+    import sys
+
+    _watchdogs.append(subprocess.Popen(
+        [sys.executable, "-S", "-c", _WATCHDOG, str(os.getpid()), str(server_pid)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # not in the CLI's process group: a Ctrl-C there reaches the CLI
+    ))
+
+
+_watchdogs: list = []  # keeps the Popen objects alive (no "still running" warning at exit)
 
 
 def overlapped(preload: Callable[[], Any]) -> Any:

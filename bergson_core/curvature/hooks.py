@@ -21,8 +21,10 @@ from typing import Callable
 
 import torch
 
+from ..batch_budget import resolve_batch_tokens
 from ..batching import collate, plan_batches
-from ..capture import document_losses
+from ..capture import document_losses, hooked_losses
+from ..head_loss import has_plain_head
 from ..data import Doc
 from ..modules import ModuleInfo
 from ..projection import projection_matrix
@@ -71,6 +73,7 @@ class TokenHooks:
         self._handles: list = []
 
     def __enter__(self):
+        has_plain_head(self.model)  # checked (once per model) before any hook is on
         emb = self.model.get_input_embeddings()
         self._handles.append(emb.register_forward_hook(self._embedding_hook))
         for info in self.modules:
@@ -83,6 +86,11 @@ class TokenHooks:
             h.remove()
         self._handles.clear()
         self._acts.clear()
+
+    def drop_batch(self) -> None:
+        """Forget everything of the last batch (also after an error inside it)."""
+        self._acts.clear()
+        self.embeddings = None
 
     def _embedding_hook(self, module, inputs, output):
         output.requires_grad_(True)
@@ -121,7 +129,7 @@ def hooked_pass(
     space: Space,
     on_module: OnModule,
     *,
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     loss_reduction: str = "sum",
     fisher: str = "empirical",
     seed: int = 0,
@@ -139,18 +147,27 @@ def hooked_pass(
     pad = getattr(loaded.tokenizer, "pad_token_id", None) or 0
     counts = {"tokens": 0, "documents": 0}
     hooks = TokenHooks(model, modules, space, on_module)
+    lengths = [len(d.input_ids) for d in live]
+    with loaded.lock:
+        batch_tokens = resolve_batch_tokens(model, lengths, batch_tokens)
     with loaded.lock, hooks:
-        for batch in plan_batches([len(d.input_ids) for d in live], batch_tokens):
+        for batch in plan_batches(lengths, batch_tokens):
             chunk = [live[i] for i in batch]
             ids, mask, labels = collate(chunk, pad, hooks.device)
             hooks.mask = mask.to(hooks.dtype)
             with torch.enable_grad():
-                logits = model(input_ids=ids, attention_mask=mask).logits
-                if fisher == "true":
+                if fisher == "true":  # labels drawn from the full logits
+                    logits = model(input_ids=ids, attention_mask=mask).logits
                     labels = sample_labels(logits, labels, chunk, seed)
-                loss = document_losses(logits, labels, loss_reduction).sum()
-                torch.autograd.backward(loss, inputs=[hooks.embeddings])
-            hooks.embeddings = None
+                    loss = document_losses(logits, labels, loss_reduction).sum()
+                    del logits
+                else:  # chunked LM head: no [B, T, V] logits kept for backward
+                    loss = hooked_losses(model, ids, mask, labels, loss_reduction).sum()
+                try:
+                    torch.autograd.backward(loss, inputs=[hooks.embeddings])
+                finally:
+                    hooks.embeddings, loss = None, None
+                    hooks.drop_batch()
             counts["tokens"] += int(mask.sum())
             counts["documents"] += len(chunk)
             if on_batch:

@@ -58,7 +58,7 @@ def kfac_partial_stats(
     fisher: str = "empirical",
     seed: int = 0,
     loss_reduction: str = "sum",
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> Stats:
     """KFAC factor sums over the tokens of `docs`: A [I', I'] and S [O', O'] per module."""
@@ -88,7 +88,7 @@ def lambda_partial_stats(
     fisher: str = "empirical",
     seed: int = 0,
     loss_reduction: str = "sum",
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> Stats:
     """EK-FAC eigenvalue-correction sums L = sum_n (Q_S^T G_n Q_A)^2 in `basis` (a KFAC fit)."""
@@ -122,7 +122,7 @@ def diagonal_partial_stats(
     fisher: str = "empirical",
     seed: int = 0,
     loss_reduction: str = "sum",
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> Stats:
     """Diagonal Fisher sums D = sum_n G_n^2 (elementwise) per module."""
@@ -148,7 +148,7 @@ def shampoo_partial_stats(
     fisher: str = "empirical",
     seed: int = 0,
     loss_reduction: str = "sum",
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> Stats:
     """Shampoo factor sums L = sum_n G_n G_n^T [O', O'] and R = sum_n G_n^T G_n [I', I'] per module."""
