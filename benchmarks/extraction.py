@@ -109,15 +109,20 @@ def run_floor(model, batches, loss_fn=document_losses) -> None:
 
 
 def run_extract(loaded, modules, docs, opts, batch_tokens, loss_fn=None) -> None:
+    """compute_gradients; with loss_fn, its loss taken from the full logits instead of the chunked head."""
     if loss_fn is None:
         compute_gradients(loaded, modules, docs, opts, batch_tokens)
         return
-    saved = capture.document_losses  # GradientCollector.run_batch looks it up at call time
-    capture.document_losses = loss_fn
+    saved = capture.hooked_losses  # GradientCollector.run_batch looks it up at call time
+
+    def full_logits(model, ids, mask, labels, reduction="sum"):
+        return loss_fn(model(input_ids=ids, attention_mask=mask).logits, labels, reduction)
+
+    capture.hooked_losses = full_logits
     try:
         compute_gradients(loaded, modules, docs, opts, batch_tokens)
     finally:
-        capture.document_losses = saved
+        capture.hooked_losses = saved
 
 
 def contiguous_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:

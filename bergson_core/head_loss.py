@@ -74,21 +74,21 @@ def _split(model: torch.nn.Module):
 
 
 def has_plain_head(model: torch.nn.Module) -> bool:
-    """True when model(x).logits == head(body(x).last_hidden_state), checked once per model."""
+    """True when model(x).logits == head(body(x).last_hidden_state) (checked once per model) and
+    the head is frozen now."""
+    parts = _split(model)
+    if parts is None:
+        return False
     with _plain_head_lock:
         if model in _plain_head:
             return _plain_head[model]
-    parts = _split(model)
-    ok = False
-    if parts is not None:
-        body, head = parts
-        device = head.weight.device
-        ids = torch.arange(1, 9, device=device)[None] % max(2, head.weight.shape[0])  # [1, 8]
-        mask = torch.ones_like(ids)
-        with torch.no_grad():
-            full = model(input_ids=ids, attention_mask=mask).logits
-            mine = head(body(input_ids=ids, attention_mask=mask).last_hidden_state)
-        ok = full.shape == mine.shape and torch.equal(full, mine)
+    body, head = parts
+    ids = torch.arange(1, 9, device=head.weight.device)[None] % max(2, head.weight.shape[0])  # [1, 8]
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask).logits
+        mine = head(body(input_ids=ids, attention_mask=mask).last_hidden_state)
+    ok = full.shape == mine.shape and torch.equal(full, mine)
     with _plain_head_lock:
         _plain_head[model] = ok
     return ok
