@@ -38,7 +38,7 @@ from .passes import (
 from .registry import STRATEGIES, Fit, apply_preconditioner, fit_preconditioner, get_strategy
 from .space import Block, Space, index_layout, layout, project_rows
 from .stats import StatisticError, Stats, reduce_stats
-from . import autocorr, diagonal, ekfac, identity, kfac, shampoo  # noqa: E402,F401  (register the strategies)
+from .strategies import autocorr, diagonal, ekfac, identity, kfac, shampoo  # noqa: E402,F401  (register the strategies)
 
 apply = apply_preconditioner
 

@@ -21,11 +21,11 @@ from typing import Callable
 
 import torch
 
-from ..batching import collate, plan_batches
-from ..capture import document_losses
-from ..data import Doc
-from ..modules import ModuleInfo
-from ..projection import projection_matrix
+from ..data.batching import collate, plan_batches
+from ..data.corpus import Doc
+from ..gradients.capture import document_losses
+from ..gradients.projection import projection_matrix
+from ..model.modules import ModuleInfo
 from .space import Space
 
 # callback(module, a [B, T, I'], g [B, T, O'], mask [B, T]); a is already masked / bias-extended

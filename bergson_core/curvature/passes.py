@@ -23,8 +23,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data import Doc
-from ..modules import ModuleInfo
+from ..data.corpus import Doc
+from ..model.modules import ModuleInfo
 from .hooks import hooked_pass
 from .registry import Fit
 from .space import Block, Space, block_view, layout

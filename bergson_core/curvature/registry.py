@@ -68,7 +68,7 @@ class Strategy:
 
 
 def get_strategy(name: str) -> Strategy:
-    from . import autocorr, diagonal, ekfac, identity, kfac, shampoo  # noqa: F401  (importing registers them)
+    from .strategies import autocorr, diagonal, ekfac, identity, kfac, shampoo  # noqa: F401  (importing registers them)
 
     if name not in STRATEGIES:
         raise ConfigError(f"unknown preconditioner {name!r}: choose one of {', '.join(sorted(STRATEGIES))}")

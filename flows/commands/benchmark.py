@@ -57,8 +57,8 @@ class Bench:
         import numpy as np
         import pyarrow as pa
 
-        from bergson_core.build import open_corpus
-        from bergson_core.results import write_table
+        from bergson_core.index.build import open_corpus
+        from bergson_core.scoring.results import write_table
 
         ids = [str(i) for i in open_corpus(self.corpus, "train", {}).dataset["id"]]
         order = np.argsort(-scores, axis=1, kind="stable")  # [Q, N]
@@ -84,7 +84,7 @@ def method(name: str, notes: str = ""):
 def _random(bench: Bench) -> str:
     import numpy as np
 
-    from bergson_core.build import open_corpus
+    from bergson_core.index.build import open_corpus
 
     queries = len(open_corpus(bench.queries, "train", {}))
     return bench.write_scores("random", np.random.default_rng(0).normal(size=(queries, bench.documents)))
@@ -153,6 +153,7 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
 
     import torch
 
+    from bergson_core.config.eval import RecallConfig, ValidateConfig
     from bergson_core.errors import ConfigError
     from bergson_core.eval.bank import FULL_RUN, Bank
     from bergson_core.eval.benchmark import (
@@ -163,7 +164,6 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
         write_results,
     )
     from bergson_core.eval.retrain import full_model_path
-    from bergson_core.eval_config import RecallConfig, ValidateConfig
 
     from .recall import run_recall
     from .validate import run_validate
@@ -193,7 +193,7 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
                   bank_only["documents"], setup.projection_dim)
     chosen = [m for m in METHODS if not methods or m in methods]
     from bergson_core.config import ModelOptions
-    from bergson_core.models import load_model
+    from bergson_core.model.loading import load_model
 
     load_model(ModelOptions(model=bench.model))  # warm the model cache: no method pays the first load
     files, seconds = [], {}

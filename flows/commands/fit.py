@@ -1,6 +1,6 @@
 """`bergson fit INDEX --strategy S`: fit a preconditioner over an index (map / reduce over shards)."""
 
-from bergson_core.curvature_config import FitConfig
+from bergson_core.config.curvature import FitConfig
 
 from ..options import add_model_arguments, build_config
 from ..startup import overlapped
@@ -21,8 +21,8 @@ def run(args) -> int:
 
 def run_fit(cfg: FitConfig) -> dict:
     def preload():  # validate, load the model and compute query gradients while Prefect starts
-        from bergson_core.fit_run import plan_fit
-        from bergson_core.score_run import ensure_query_gradients
+        from bergson_core.curvature.run import plan_fit
+        from bergson_core.scoring.run import ensure_query_gradients
 
         cfg.source()
         if cfg.queries:
