@@ -40,9 +40,9 @@ import torch
 from bergson_core import curvature as C
 from bergson_core.config import GradientOptions
 from bergson_core.data.corpus import Doc
-from bergson_core.gradients.capture import document_losses
 from bergson_core.gradients.extract import compute_gradients
 from bergson_core.model.loading import LoadedModel
+from bergson_core.model.loss import document_losses
 from bergson_core.model.modules import find_modules
 from bergson_core.model.tiny import tiny_model
 

@@ -43,9 +43,9 @@ from bergson_core.config import GradientOptions
 from bergson_core.data.batching import collate, plan_batches
 from bergson_core.data.corpus import Doc
 from bergson_core.gradients import capture
-from bergson_core.gradients.capture import document_losses
 from bergson_core.gradients.extract import compute_gradients, tracked_modules
 from bergson_core.model.loading import LoadedModel
+from bergson_core.model.loss import document_losses
 from bergson_core.model.tiny import tiny_model
 
 

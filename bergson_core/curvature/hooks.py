@@ -23,8 +23,8 @@ import torch
 
 from ..data.batching import collate, plan_batches
 from ..data.corpus import Doc
-from ..gradients.capture import document_losses
 from ..gradients.projection import projection_matrix
+from ..model.loss import document_losses, upcast
 from ..model.modules import ModuleInfo
 from .space import Space
 
@@ -148,7 +148,7 @@ def hooked_pass(
                 logits = model(input_ids=ids, attention_mask=mask).logits
                 if fisher == "true":
                     labels = sample_labels(logits, labels, chunk, seed)
-                loss = document_losses(logits, labels, loss_reduction).sum()
+                loss = document_losses(upcast(logits), labels, loss_reduction).sum()
                 torch.autograd.backward(loss, inputs=[hooks.embeddings])
             hooks.embeddings = None
             counts["tokens"] += int(mask.sum())

@@ -1,7 +1,7 @@
 """A small, exact, deterministic trainer for causal LMs.
 
-What it does, and nothing more: AdamW or SGD written as pure tensor functions (so that later methods
-can differentiate through a step), a linear warmup then linear decay (or constant) learning rate, a
+What it does, and nothing more: AdamW or SGD written as pure tensor functions (train/optim.py, so
+that MAGIC can differentiate through a step), a linear warmup then linear decay (or constant) learning rate, a
 seeded data order that depends only on (seed, epoch), a loss weight per document (or per token),
 gradient accumulation, and checkpoints that hold the weights (a Hugging Face folder, safetensors), the
 optimizer state (safetensors + JSON, no pickle) and the learning-rate history.
@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..config.eval import TrainOptions
 from ..data.batching import collate
 from ..data.corpus import Doc
+from ..model.loss import document_losses
+from .optim import UPDATES, adamw_update, init_state, sgd_update  # noqa: F401  (re-exported)
 
 MODEL_DIR = "model"  # Hugging Face folder (config, safetensors weights, tokenizer)
 OPTIMIZER_FILE = "optimizer.safetensors"  # "<param>.exp_avg", "<param>.exp_avg_sq" | "<param>.momentum_buffer"
@@ -75,59 +76,11 @@ def step_batches(num_docs: int, step: int, opts: TrainOptions) -> list[list[int]
     return [rows[i:i + opts.batch_size] for i in range(0, len(rows), opts.batch_size)]
 
 
-# -- optimizers as pure functions -----------------------------------------------------------------
-def adamw_update(p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], step: int, lr: float,
-                 opts: TrainOptions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One AdamW step (Loshchilov & Hutter 2019) with torch.optim.AdamW's exact formula; `step` is
-    1-based. Out of place and differentiable in p, g and the state."""
-    m = opts.beta1 * state["exp_avg"] + (1 - opts.beta1) * g
-    v = opts.beta2 * state["exp_avg_sq"] + (1 - opts.beta2) * g * g
-    bc1 = 1 - opts.beta1 ** step
-    bc2 = 1 - opts.beta2 ** step
-    denom = v.sqrt() / math.sqrt(bc2) + opts.eps
-    p = p * (1 - lr * opts.weight_decay) - (lr / bc1) * m / denom
-    return p, {"exp_avg": m, "exp_avg_sq": v}
-
-
-def sgd_update(p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], step: int, lr: float,
-               opts: TrainOptions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One SGD step as torch.optim.SGD (L2 weight decay, heavy-ball momentum, no dampening)."""
-    d = g + opts.weight_decay * p if opts.weight_decay else g
-    if opts.momentum:
-        d = d if step == 1 else opts.momentum * state["momentum_buffer"] + d
-        state = {"momentum_buffer": d}
-    return p - lr * d, state
-
-
-UPDATES = {"adamw": adamw_update, "sgd": sgd_update}
-
-
-def init_state(p: torch.Tensor, opts: TrainOptions) -> dict[str, torch.Tensor]:
-    if opts.optimizer == "adamw":
-        return {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-    return {"momentum_buffer": torch.zeros_like(p)} if opts.momentum else {}
-
-
 # -- losses ---------------------------------------------------------------------------------------
-def document_losses(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-                    reduction: str = "sum", token_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Next-token cross-entropy per document [B], in the model's dtype; -100 labels carry no loss.
-    `token_weights` [B, T] weighs the loss of predicting each position's token (position 0 unused);
-    "mean" still divides by the number of counted tokens, so weights of 1 change nothing."""
-    return losses_from_logits(model(input_ids=ids, attention_mask=mask).logits, labels, reduction, token_weights)
-
-
-def losses_from_logits(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum",
-                       token_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """document_losses given the logits [B, T, V] (shared with MAGIC's functional forward)."""
-    target = labels[:, 1:]  # [B, T-1]
-    tok = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none")  # [B, T-1]
-    if token_weights is not None:
-        tok = tok * token_weights[:, 1:]
-    loss = tok.sum(dim=1)
-    if reduction == "mean":
-        loss = loss / (target != -100).sum(dim=1).clamp(min=1)
-    return loss
+def model_losses(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                 reduction: str = "sum", token_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """bergson_core.model.loss.document_losses of a forward pass of `model` [B], in the model's dtype."""
+    return document_losses(model(input_ids=ids, attention_mask=mask).logits, labels, reduction, token_weights)
 
 
 @torch.no_grad()
@@ -137,7 +90,7 @@ def evaluate_losses(model: torch.nn.Module, docs: list[Doc], pad_id: int, device
     out = []
     for i in range(0, len(docs), batch_size):
         ids, mask, labels = collate(docs[i:i + batch_size], pad_id, device)
-        out.append(document_losses(model, ids, mask, labels, reduction).double().cpu())
+        out.append(model_losses(model, ids, mask, labels, reduction).double().cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
@@ -194,10 +147,10 @@ def train(model: torch.nn.Module, docs: list[Doc], opts: TrainOptions, weights: 
             ids, mask, labels = collate([docs[r] for r in rows], pad_id, device)
             if w.dim() == 1:
                 lw = w[rows].to(device=device, dtype=dtype)  # [B]
-                loss = (document_losses(model, ids, mask, labels, opts.train_loss) * lw).sum() / denom
+                loss = (model_losses(model, ids, mask, labels, opts.train_loss) * lw).sum() / denom
             else:
                 tw = w[rows, :ids.shape[1]].to(device=device, dtype=dtype)  # [B, T]
-                loss = document_losses(model, ids, mask, labels, opts.train_loss, tw).sum() / denom
+                loss = model_losses(model, ids, mask, labels, opts.train_loss, tw).sum() / denom
             for g, p_grad in zip(grads.values(), torch.autograd.grad(loss, list(params.values()), allow_unused=True)):
                 if p_grad is not None:
                     g += p_grad

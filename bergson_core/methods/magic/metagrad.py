@@ -20,7 +20,8 @@ some and recomputes the others forwards from the nearest stored one:
 
 All three run the same floating-point operations on the same states, so they give identical
 metagradients. AdamW's sqrt(v) uses a square root whose derivative is 0 at v = 0 (parameters whose
-gradient is exactly zero, e.g. unused position embeddings), with the same forward values.
+gradient is exactly zero, e.g. unused position embeddings), with the same forward values: the
+trainer's own update (bergson_core.train.optim) with `sqrt=safe_sqrt`, not a copy.
 
 Score convention: score(q, d) = -dQ_q/dw_d, so a positive score means that upweighting d lowers
 the query loss, like every other method here.
@@ -40,40 +41,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ...config.eval import TrainOptions
 from ...data.batching import collate
 from ...data.corpus import Doc
-from ...train.trainer import (
-    init_state,
-    learning_rate,
-    losses_from_logits,
-    sgd_update,
-    step_batches,
-    total_steps,
-)
+from ...model.loss import document_losses
+from ...train.optim import DIFFERENTIABLE_UPDATES, init_state
+from ...train.trainer import learning_rate, step_batches, total_steps
 
 SCHEDULES = ("every", "sqrt", "log")
 
 Params = dict[str, torch.Tensor]
 OptState = dict[str, dict[str, torch.Tensor]]
-
-
-def _safe_sqrt(v: torch.Tensor) -> torch.Tensor:
-    """sqrt(v) for v >= 0 with derivative 0 (not inf) at v = 0; twice differentiable elsewhere."""
-    pos = v > 0
-    return torch.where(pos, torch.where(pos, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
-
-
-def adamw_update(p, g, state, step: int, lr: float, opts: TrainOptions):
-    """bergson_core.train.trainer.adamw_update with the safe square root (same values)."""
-    m = opts.beta1 * state["exp_avg"] + (1 - opts.beta1) * g
-    v = opts.beta2 * state["exp_avg_sq"] + (1 - opts.beta2) * g * g
-    bc1 = 1 - opts.beta1 ** step
-    bc2 = 1 - opts.beta2 ** step
-    denom = _safe_sqrt(v) / math.sqrt(bc2) + opts.eps
-    p = p * (1 - lr * opts.weight_decay) - (lr / bc1) * m / denom
-    return p, {"exp_avg": m, "exp_avg_sq": v}
-
-
-UPDATES = {"adamw": adamw_update, "sgd": sgd_update}
-
 
 @dataclass
 class State:
@@ -104,11 +79,11 @@ class MagicStats:
         return self.peak_states * self.state_bytes
 
 
-def document_losses(model, params: Params, ids, mask, labels, reduction: str,
-                    token_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """bergson_core.train.trainer.document_losses through functional_call (parameters as inputs) [B]."""
+def functional_losses(model, params: Params, ids, mask, labels, reduction: str,
+                      token_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """bergson_core.model.loss.document_losses through functional_call (parameters as inputs) [B]."""
     logits = functional_call(model, params, (), {"input_ids": ids, "attention_mask": mask}).logits
-    return losses_from_logits(logits, labels, reduction, token_weights)
+    return document_losses(logits, labels, reduction, token_weights)
 
 
 class Unrolled:
@@ -121,7 +96,7 @@ class Unrolled:
         self.total = total_steps(self.n, opts)
         self.device = next(model.parameters()).device
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        self.update = UPDATES[opts.optimizer]
+        self.update = DIFFERENTIABLE_UPDATES[opts.optimizer]
         self.denom = opts.batch_size * opts.grad_accum
         self._batches = {}
 
@@ -149,10 +124,10 @@ class Unrolled:
             for rows, (ids, mask, labels) in self.batches(s):
                 if w.dim() == 1:  # a weight per document
                     lw = w[rows].to(dtype=plist[0].dtype)  # [B]
-                    loss = (document_losses(self.model, params, ids, mask, labels, self.opts.train_loss) * lw).sum()
+                    loss = (functional_losses(self.model, params, ids, mask, labels, self.opts.train_loss) * lw).sum()
                 else:  # a weight per (document, position of the predicted token)
                     tw = w[rows, :ids.shape[1]].to(dtype=plist[0].dtype)  # [B, T]
-                    loss = document_losses(self.model, params, ids, mask, labels, self.opts.train_loss, tw).sum()
+                    loss = functional_losses(self.model, params, ids, mask, labels, self.opts.train_loss, tw).sum()
                 loss = loss / self.denom
                 parts = torch.autograd.grad(loss, plist, create_graph=create_graph, allow_unused=True)
                 grads = [g if pg is None else g + pg for g, pg in zip(grads, parts)]
@@ -179,7 +154,7 @@ def query_loss(unrolled: Unrolled, params: Params, queries: list[Doc], seeds: to
                reduction: str = "sum") -> torch.Tensor:
     """sum_q seeds[q] * loss_q(theta) (queries' losses as bergson validate measures them)."""
     ids, mask, labels = collate(queries, unrolled.pad_id, unrolled.device)
-    losses = document_losses(unrolled.model, params, ids, mask, labels, reduction)  # [Q]
+    losses = functional_losses(unrolled.model, params, ids, mask, labels, reduction)  # [Q]
     return (losses * seeds.to(losses.dtype)).sum()
 
 
