@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
+from ..model.loss import document_losses, upcast
 from ..model.modules import ModuleInfo
 from .projection import projection_matrix
 
@@ -124,18 +124,8 @@ class GradientCollector:
         self._mask = attention_mask.to(self.dtype)
         self._out = torch.zeros(bsz, self.width, device=self.device, dtype=self.dtype)
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        losses = document_losses(logits, labels, loss_reduction)
+        losses = document_losses(upcast(logits), labels, loss_reduction)
         losses.sum().backward()
         out, self._out, self._mask = self._out, None, None
         return out, losses.detach()
 
-
-def document_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-    """Next-token cross-entropy per document [B]; labels == -100 carry no loss."""
-    logits = logits[:, :-1].float() if logits.dtype in (torch.float16, torch.bfloat16) else logits[:, :-1]
-    target = labels[:, 1:]
-    tok = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")  # [B, T-1]
-    total = tok.sum(dim=1)
-    if reduction == "mean":
-        total = total / (target != -100).sum(dim=1).clamp(min=1)
-    return total
