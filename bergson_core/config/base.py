@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-CODE_VERSION = "0.1.0"  # bump when stored gradients would change for the same spec
+from ..version import __version__
+
+CODE_VERSION = __version__  # bergson_core/version.py: bump when stored gradients would change for the same spec
 
 
 class _Options(BaseModel):

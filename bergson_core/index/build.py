@@ -100,6 +100,25 @@ def plan_shards(rows: int, shard_size: int) -> list[tuple[int, int, int]]:
     return [(i, start, min(rows, start + shard_size)) for i, start in enumerate(range(0, rows, shard_size))]
 
 
+def index_meta(cfg: BuildConfig, modules: list[ModuleInfo], corpus: Corpus, fingerprint: str, **extra) -> dict:
+    """The contents of INDEX/index.json (besides its format tag): spec and its hash, model and
+    dataset fingerprints, module layout, dtype, shard plan, code version. The one definition, used
+    by `bergson build` and by the train-time gradient store (train/callback.py)."""
+    return {
+        "spec": cfg.spec(),
+        "spec_hash": cfg.spec_hash(),
+        "code_version": CODE_VERSION,
+        "model_fingerprint": fingerprint,
+        "dataset": {"uri": cfg.dataset, "fingerprint": corpus.fingerprint, "rows": len(corpus)},
+        "modules": [m.to_json() for m in modules],
+        "row_width": sum(m.width for m in modules),
+        "grad_dtype": cfg.grad_dtype,
+        "shard_size": cfg.shard_size,
+        "num_shards": len(plan_shards(len(corpus), cfg.shard_size)),
+        **extra,
+    }
+
+
 def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
     """Validate model, data and options, then create (or check) index.json. Raises UserError."""
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -109,18 +128,7 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
     loaded = load_model(cfg)
     modules = tracked_modules(loaded, cfg)
     open_normalizers(cfg, loaded, modules)  # a state from another model is refused before anything is written
-    meta = {
-        "spec": cfg.spec(),
-        "spec_hash": cfg.spec_hash(),
-        "code_version": CODE_VERSION,
-        "model_fingerprint": model_fingerprint(loaded.model),
-        "dataset": {"uri": cfg.dataset, "fingerprint": corpus.fingerprint, "rows": len(corpus)},
-        "modules": [m.to_json() for m in modules],
-        "row_width": sum(m.width for m in modules),
-        "grad_dtype": cfg.grad_dtype,
-        "shard_size": cfg.shard_size,
-        "num_shards": len(plan_shards(len(corpus), cfg.shard_size)),
-    }
+    meta = index_meta(cfg, modules, corpus, model_fingerprint(loaded.model))
     index = Index(cfg.index, cfg.storage_options)
     if write:
         index.ensure(meta, overwrite=cfg.overwrite)

@@ -6,7 +6,7 @@ import os
 
 from .. import fs as fsu
 from ..errors import StoreError
-from .store import GRADS_DIR, Index, shard_name
+from .store import GRADS_DIR, Index, shard_name, shard_number
 
 
 def index_report(index: Index, verify: bool = True) -> dict:
@@ -22,7 +22,7 @@ def index_report(index: Index, verify: bool = True) -> dict:
             except StoreError:
                 corrupt.append(i)
     missing = [i for i in range(expected) if i not in manifests]
-    orphans = sorted(a for a in arrows if int(a[6:11]) not in manifests)
+    orphans = sorted(a for a in arrows if shard_number(a) not in manifests)
     return {
         "index": index.url,
         "spec_hash": meta["spec_hash"],

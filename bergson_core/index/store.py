@@ -1,6 +1,6 @@
 """The gradient store: one folder per index, Arrow IPC shards, manifests written last.
 
-Layout (see DESIGN.md section 4):
+Layout (docs/architecture.md, "The store"):
     <index>/index.json                 spec, fingerprints, module layout, dtype, code version
     <index>/grads/shard-00000.arrow    uncompressed Arrow IPC file: doc_index, doc_id, num_tokens,
                                        grad FixedSizeList<float16|float32, D>
@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import threading
 from typing import Any, Iterator
 
@@ -34,7 +35,17 @@ _verified_lock = threading.Lock()
 
 
 def shard_name(i: int) -> str:
+    """shard-00000 ... shard-99999, then shard-100000 and on (at least five digits)."""
     return f"shard-{i:05d}"
+
+
+_SHARD_FILE = re.compile(r"^shard-(\d+)\.(?:arrow|json)$")
+
+
+def shard_number(filename: str) -> int | None:
+    """The shard number in a file name written by shard_name (any number of digits), or None."""
+    m = _SHARD_FILE.match(os.path.basename(filename))
+    return int(m.group(1)) if m else None
 
 
 def grad_schema(width: int, dtype: str) -> pa.Schema:

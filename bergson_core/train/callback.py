@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from ..config import CODE_VERSION, BuildConfig
+from ..config import BuildConfig
 from ..index.store import Index
 
 STEP_DIR = "step-{:06d}"
@@ -62,7 +62,7 @@ class GradientStore:
         from ..data.corpus import tokenize_rows
         from ..gradients.extract import compute_gradients, tracked_modules
         from ..gradients.normalizers import adam_normalizers
-        from ..index.build import open_corpus, plan_shards
+        from ..index.build import index_meta, open_corpus, plan_shards
         from ..model.loading import LoadedModel
 
         t0 = time.perf_counter()
@@ -84,19 +84,9 @@ class GradientStore:
         norms = adam_normalizers(adam_state, modules) if normalized else None
         corpus = open_corpus(icfg.dataset, icfg.split, icfg.storage_options)
         shards = plan_shards(len(corpus), icfg.shard_size)
-        meta = {
-            "spec": icfg.spec(),
-            "spec_hash": icfg.spec_hash(),
-            "code_version": CODE_VERSION,
-            "model_fingerprint": _fingerprint(model, update.get("model")),
-            "dataset": {"uri": icfg.dataset, "fingerprint": corpus.fingerprint, "rows": len(corpus)},
-            "modules": [m.to_json() for m in modules],
-            "row_width": sum(m.width for m in modules),
-            "grad_dtype": icfg.grad_dtype,
-            "shard_size": icfg.shard_size,
-            "num_shards": len(shards),
-            "train_time": {"step": step, "checkpoint": checkpoint, "normalizer": "adam" if normalized else None},
-        }
+        meta = index_meta(icfg, modules, corpus, _fingerprint(model, update.get("model")),
+                          train_time={"step": step, "checkpoint": checkpoint,
+                                      "normalizer": "adam" if normalized else None})
         index = Index(url, icfg.storage_options)
         index.ensure(meta, overwrite=True)
         flags = {name: p.requires_grad for name, p in model.named_parameters()}
