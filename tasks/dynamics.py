@@ -17,11 +17,12 @@ def tracin_query_gradients(config: TracInConfig, k: int) -> str:
     reused when a file for the same index spec and queries is already there."""
     from bergson_core import fs as fsu
     from bergson_core.index.store import Index
-    from bergson_core.methods.tracin.run import QUERY_DIR, cached_query_gradients, score_config
+    from bergson_core.methods.tracin.run import QUERY_DIR, score_config
+    from bergson_core.scoring.queries import cached_query_gradients
 
     meta = Index(config.indexes[k], config.storage_options).meta()
     base = fsu.join(config.output.rstrip("/"), QUERY_DIR, f"checkpoint-{k}")
-    return cached_query_gradients(meta, score_config(config, config.indexes[k]), base, config.storage_options)
+    return cached_query_gradients(meta, score_config(config, config.indexes[k]), base)["path"]
 
 
 @task(name="tracin-score", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)

@@ -3,12 +3,11 @@
 1. query gradients with the index's spec, written once to OUTPUT/query_grads.arrow (+ .json, last);
 2. streaming top-k over the index's shards, written to OUTPUT/topk.parquet.
 
-A rerun with the same index and queries reuses step 1's file.
+A rerun with the same index, queries and model settings reuses step 1's file (scoring/queries.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 
@@ -18,9 +17,10 @@ from .. import fs as fsu
 from ..config import ScoreConfig
 from ..errors import StoreError
 from ..index.build import open_corpus
-from ..index.store import Index, encode_grads, grad_matrix, read_grads
+from ..index.store import Index, grad_matrix, read_grads
+from .queries import cached_query_gradients
 from .results import TOPK_FILE, topk_table, write_table
-from .score import query_gradients, score_index
+from .score import score_index
 
 QUERY_GRADS = "query_grads.arrow"
 QUERY_MANIFEST = "query_grads.json"
@@ -33,37 +33,10 @@ def output_url(cfg: ScoreConfig) -> str:
     return fsu.join(cfg.index, "scores", stem)
 
 
-def _query_key(meta: dict, cfg: ScoreConfig) -> dict:
-    queries = open_corpus(cfg.queries, cfg.query_split, cfg.storage_options)
-    return {
-        "index_spec_hash": meta["spec_hash"],
-        "model_fingerprint": meta["model_fingerprint"],
-        "queries": cfg.queries,
-        "queries_fingerprint": queries.fingerprint,
-        "model": cfg.model or meta["spec"]["model"],
-        "columns": [cfg.query_text_column, cfg.query_prompt_column, cfg.query_completion_column],
-    }
-
-
 def ensure_query_gradients(cfg: ScoreConfig) -> dict:
-    """Compute (or reuse) the query gradients; returns their manifest."""
+    """Compute (or reuse) the query gradients in OUTPUT/query_grads.arrow; returns their manifest."""
     meta = Index(cfg.index, cfg.storage_options).meta()
-    out = output_url(cfg)
-    fs, path = fsu.url_to_fs(out, cfg.storage_options)
-    key = _query_key(meta, cfg)
-    manifest_path = fsu.join(path, QUERY_MANIFEST)
-    if fsu.exists(fs, manifest_path):
-        old = fsu.read_json(fs, manifest_path)
-        if old.get("key") == key:
-            return {**old, "reused": True}
-    t0 = time.perf_counter()
-    qg = query_gradients(meta, cfg)
-    n = qg.grads.shape[0]
-    data, _ = encode_grads(0, [str(i) for i in range(n)], [0] * n, qg.grads, "float32", what="query gradients")
-    fsu.write_bytes(fs, fsu.join(path, QUERY_GRADS), data)
-    manifest = {"key": key, "rows": n, "sha256": hashlib.sha256(data).hexdigest(), "texts": qg.texts}
-    fsu.write_json(fs, manifest_path, manifest)  # last
-    return {**manifest, "reused": False, "seconds": time.perf_counter() - t0}
+    return cached_query_gradients(meta, cfg, fsu.join(output_url(cfg), QUERY_GRADS.removesuffix(".arrow")))
 
 
 def load_query_gradients(cfg: ScoreConfig) -> tuple[np.ndarray, dict]:

@@ -148,12 +148,11 @@ def _score_config(cfg: SourceConfig, index: str) -> ScoreConfig:
 
 def final_query_gradients(cfg: SourceConfig, plan: dict) -> str:
     """The queries' gradients at the last checkpoint (its index's spec), kept in OUTPUT/queries."""
-    from ..tracin.run import cached_query_gradients
+    from ...scoring.queries import cached_query_gradients
 
     index = plan["indexes"][-1]
     meta = Index(index, cfg.storage_options).meta()
-    return cached_query_gradients(meta, _score_config(cfg, index), fsu.join(cfg.output.rstrip("/"), QUERY_FILE),
-                                  cfg.storage_options)
+    return cached_query_gradients(meta, _score_config(cfg, index), fsu.join(cfg.output.rstrip("/"), QUERY_FILE))["path"]
 
 
 def score_source(cfg: SourceConfig, plan: dict, query_file: str) -> dict:

@@ -108,28 +108,6 @@ def checkpoint_query_gradients(cfg: TracInConfig, k: int) -> np.ndarray:
     return query_gradients(meta, score_config(cfg, cfg.indexes[k])).grads
 
 
-def cached_query_gradients(meta: dict, scfg: ScoreConfig, base: str, storage_options: dict) -> str:
-    """Query gradients with an index's spec, kept as BASE.arrow with the key that made them in
-    BASE.json (written last); reused while the index spec, model and queries stay the same."""
-    from ... import fs as fsu
-    from ...index.store import encode_grads
-    from ...scoring.score import query_gradients
-
-    key = {"index_spec_hash": meta["spec_hash"], "model_fingerprint": meta["model_fingerprint"],
-           "queries": scfg.queries, "query_split": scfg.query_split,
-           "columns": [scfg.query_text_column, scfg.query_prompt_column, scfg.query_completion_column]}
-    fs, path = fsu.url_to_fs(base + ".json", storage_options)
-    if fsu.exists(fs, path) and fsu.read_json(fs, path) == key:
-        return base + ".arrow"
-    grads = query_gradients(meta, scfg).grads
-    data, _ = encode_grads(0, [str(i) for i in range(len(grads))], [0] * len(grads), grads, "float32",
-                           what="query gradients")
-    afs, apath = fsu.url_to_fs(base + ".arrow", storage_options)
-    fsu.write_bytes(afs, apath, data)
-    fsu.write_json(fs, path, key)  # last: marks the gradients complete
-    return base + ".arrow"
-
-
 def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp(min=1e-30)
 
