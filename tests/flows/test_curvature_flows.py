@@ -114,7 +114,9 @@ def _cosine_reference(index: str, query_file: str, lam_target: int, damping: flo
     meta = ix.meta()
     d = np.concatenate([grad_matrix(t) for _, t in ix.iter_shards()]).astype(np.float64)
     q = grad_matrix(read_grads(query_file)).astype(np.float64)
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
     ud, uq = unit(d), unit(q)
     cols = [(m["offset"], m["offset"] + m["width"]) for m in meta["modules"]]
     hc = [ud[:, a:b].T @ ud[:, a:b] / len(ud) for a, b in cols]
