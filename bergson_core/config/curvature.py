@@ -10,6 +10,7 @@ here and are re-exported by bergson_core.curvature.
 from __future__ import annotations
 
 import os
+import pkgutil
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,10 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import ConfigError
 from .base import BuildConfig, ModelOptions, RunOptions, ScoreConfig
 
-# The registered strategies of bergson_core.curvature (a test checks the two lists agree); spelled
-# out here so that `bergson --help` does not import torch.
-STRATEGY_NAMES = ("identity", "diagonal", "kfac", "ekfac", "autocorr", "shampoo")
-Strategy = Literal["identity", "diagonal", "kfac", "ekfac", "autocorr", "shampoo"]
+# The strategies of bergson_core.curvature: the module names in curvature/strategies/ (each module
+# registers the strategy of that name; a test checks the two lists agree), read from the folder so
+# that `bergson --help` does not import torch and a new strategy is one new file.
+STRATEGY_NAMES = tuple(sorted(
+    m.name for m in pkgutil.iter_modules([os.path.join(os.path.dirname(__file__), "..", "curvature", "strategies")])
+))
+Strategy = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 

@@ -31,8 +31,6 @@ from ..scoring.score import index_build_config
 from .io import PRECOND_MANIFEST, precond_dir, stats_dir, stats_name
 
 SOURCES_FILE = "total.sources.json"  # shard manifests' checksums the total was reduced from
-FIRST_PASS = {"identity": None, "diagonal": "diagonal", "shampoo": "shampoo", "kfac": "kfac", "ekfac": "kfac",
-              "autocorr": "autocorr"}
 
 
 def _index(cfg) -> Index:
@@ -100,12 +98,12 @@ def plan_fit(cfg: FitConfig, load: bool = True) -> dict:
     index = _index(cfg)
     meta = index.meta()
     source = cfg.source()
-    C.get_strategy(cfg.strategy)
+    kind = C.get_strategy(cfg.strategy).first_pass  # declared by the strategy (strategy.py)
     shards = plan_shards(meta["dataset"]["rows"], meta["shard_size"])
-    kind = FIRST_PASS[cfg.strategy]
     passes = []
     if kind is not None:
-        passes.append(make_pass(cfg, meta, kind, "model" if kind == "kfac" else source, shards))
+        owner = C.get_strategy(kind)  # the strategy whose statistics these are (EK-FAC's: kfac)
+        passes.append(make_pass(cfg, meta, kind, source if owner.has_rows_stats() else "model", shards))
     if cfg.queries:
         q = _query_manifest(cfg)
         passes.append(make_pass(cfg, meta, "autocorr-query", "query-rows", [(0, 0, q["rows"])],
@@ -155,15 +153,14 @@ def _compute(cfg: FitConfig, index: Index, p: dict, start: int, stop: int, shard
             rows = _live_rows(load_query_gradients(cfg.query_score_config())[0])
         else:
             rows = _live_rows(grad_matrix(index.open_shard(shard)))
-        if kind.startswith("autocorr"):
-            return C.autocorr_partial_stats(rows, blocks, space, unit_normalize=cfg.unit_normalize, kind=kind)
-        if kind == "diagonal":
-            return C.rows_diagonal_partial_stats(rows, blocks, space)
-        if kind == "shampoo":
-            return C.rows_shampoo_partial_stats(rows, blocks, space)
         if kind == "ekfac-lambda":
             return C.rows_lambda_partial_stats(rows, _basis(index, p))
-        raise ConfigError(f"{kind} statistics cannot come from stored rows")
+        if kind.startswith("autocorr"):  # the corpus's or the query set's covariance
+            return C.get_strategy("autocorr").rows_stats(rows, blocks, space, unit_normalize=cfg.unit_normalize,
+                                                         kind=kind)
+        if kind not in C.STRATEGIES or not C.get_strategy(kind).has_rows_stats():
+            raise ConfigError(f"{kind} statistics cannot come from stored rows")
+        return C.get_strategy(kind).rows_stats(rows, blocks, space)
     bcfg, loaded, modules, corpus = check_model(cfg, meta)
     docs = tokenize_rows(corpus, start, stop, loaded.tokenizer, bcfg.max_length, bcfg.text_column,
                          bcfg.prompt_column, bcfg.completion_column, bcfg.id_column)
@@ -172,8 +169,7 @@ def _compute(cfg: FitConfig, index: Index, p: dict, start: int, stop: int, shard
     if kind == "ekfac-lambda":
         return C.lambda_partial_stats(loaded, modules, docs, _basis(index, p), **kw)
     space = C.Space(**p["settings"]["space"])
-    fn = {"kfac": C.kfac_partial_stats, "diagonal": C.diagonal_partial_stats, "shampoo": C.shampoo_partial_stats}
-    return fn[kind](loaded, modules, docs, space, **kw)
+    return C.get_strategy(kind).model_stats(loaded, modules, docs, space, **kw)
 
 
 def stats_shard(cfg: FitConfig, p: dict, shard: int, start: int, stop: int, on_batch=None) -> dict:
@@ -242,7 +238,7 @@ def fit_and_save(cfg: FitConfig, strategy: str, totals: dict[str, dict], name: s
     meta = index.meta()
     inputs = {"strategy": strategy, "stats": {k: t["fingerprint"] for k, t in sorted(totals.items())},
               "space": fit_space(cfg, meta).to_json(), "index_spec_hash": meta["spec_hash"]}
-    if strategy == "autocorr":
+    if C.get_strategy(strategy).uses_fit_options:
         inputs["fit"] = {k: getattr(cfg, k) for k in FitOptions.model_fields}
     if base:
         inputs["base"] = _precond_manifest(cfg, base)["fingerprint"]
@@ -255,7 +251,7 @@ def fit_and_save(cfg: FitConfig, strategy: str, totals: dict[str, dict], name: s
     t0 = time.perf_counter()
     stats = {k: C.load_stats(index, t["dir"]) for k, t in totals.items()}
     layout = None
-    if strategy == "identity":
+    if C.get_strategy(strategy).needs_layout:
         space, _, blocks = C.index_layout(meta, 0 if cfg.full_space else None)
         layout = (space, blocks)
     fit = C.fit_preconditioner(strategy, stats, FitOptions(**{k: getattr(cfg, k) for k in FitOptions.model_fields}),

@@ -1,12 +1,12 @@
 """`bergson fit INDEX --strategy S`: fit a preconditioner over an index (map / reduce over shards)."""
 
-from bergson_core.config.curvature import FitConfig
+from bergson_core.config.curvature import STRATEGY_NAMES, FitConfig
 
 from ..options import add_model_arguments, build_config
 from ..startup import overlapped
 
 NAME, ORDER = "fit", 22
-HELP = ("Fit a preconditioner over an index (identity, diagonal, kfac, ekfac, autocorr, shampoo): per-shard "
+HELP = (f"Fit a preconditioner over an index ({', '.join(STRATEGY_NAMES)}): per-shard "
         "statistics, reduced, fitted in float64, saved as INDEX/precond/NAME for `bergson score --preconditioner`.")
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 
 from ..linalg import spectral_scale, sym_eigh
-from ..registry import Fit, Strategy, layout_of
+from ..passes import autocorr_partial_stats
 from ..stats import StatisticError, key
+from ..strategy import Fit, Strategy, layout_of
 
 
 def _spectrum(stats, blocks) -> torch.Tensor:
@@ -40,6 +41,7 @@ def mixing_coefficient(query, corpus, blocks, target_components: int) -> float:
 
 class GradientCovariance(Strategy):
     name = "autocorr"
+    uses_fit_options = True
     needs = ("autocorr",)
     optional = ("autocorr-query",)
     help = "Gradient covariance per module (TrackStar), optionally mixed with the query set's."
@@ -73,3 +75,6 @@ class GradientCovariance(Strategy):
         v = g.reshape(g.shape[0], -1)  # [N, w]
         out = ((v @ q) * spectral_scale(e, opts)) @ q.T  # Q f(e) Q^T v
         return out.reshape(g.shape)
+
+    def rows_stats(self, rows, blocks, space, **kw):
+        return autocorr_partial_stats(rows, blocks, space, unit_normalize=kw.get("unit_normalize", False), kind=kw.get("kind", "autocorr"))

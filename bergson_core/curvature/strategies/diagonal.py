@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 
 from ..linalg import spectral_scale
-from ..registry import Fit, Strategy, layout_of
+from ..passes import diagonal_partial_stats, rows_diagonal_partial_stats
 from ..stats import key
+from ..strategy import Fit, Strategy, layout_of
 
 
 class Diagonal(Strategy):
@@ -27,3 +28,9 @@ class Diagonal(Strategy):
 
     def apply_block(self, fit, block, g, opts) -> torch.Tensor:
         return g * spectral_scale(fit.tensor(block.name, "Lambda"), opts)  # [N, O', I']
+
+    def model_stats(self, loaded, modules, docs, space, **kw):
+        return diagonal_partial_stats(loaded, modules, docs, space, **kw)
+
+    def rows_stats(self, rows, blocks, space, **kw):
+        return rows_diagonal_partial_stats(rows, blocks, space)

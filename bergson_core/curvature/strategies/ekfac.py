@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from ..linalg import spectral_scale
-from ..registry import Fit, Strategy
 from ..stats import StatisticError, key
+from ..strategy import Fit, Strategy
 from .kfac import eigen_precondition
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import torch
 
 from ...errors import ConfigError
-from ..registry import Fit, Strategy
 from ..space import Space
+from ..strategy import Fit, Strategy
 
 
 class Identity(Strategy):
     name = "identity"
+    needs_layout = True
     help = "No curvature: plain gradient inner products."
 
     def fit(self, stats, opts, base, layout) -> Fit:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 
 from ..linalg import spectral_scale, sym_eigh
-from ..registry import Fit, Strategy, layout_of
+from ..passes import kfac_partial_stats
 from ..stats import key
+from ..strategy import Fit, Strategy, layout_of
 
 
 def eigen_precondition(g: torch.Tensor, q_s: torch.Tensor, q_a: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -46,3 +47,6 @@ class Kfac(Strategy):
     def apply_block(self, fit, block, g, opts) -> torch.Tensor:
         scale = spectral_scale(self.eigenvalues(fit, block.name), opts)
         return eigen_precondition(g, fit.tensor(block.name, "Q_S"), fit.tensor(block.name, "Q_A"), scale)
+
+    def model_stats(self, loaded, modules, docs, space, **kw):
+        return kfac_partial_stats(loaded, modules, docs, space, **kw)

@@ -8,12 +8,60 @@ for power -1/2 is L^-1/4 G R^-1/4).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
+from ...data.corpus import Doc
+from ...model.modules import ModuleInfo
+from ..hooks import hooked_pass
 from ..linalg import spectral_scale, sym_eigh
-from ..registry import Fit, Strategy, layout_of
-from ..stats import key
+from ..passes import _pass_meta, _rows, _rows_meta, _to_cpu, _zeros
+from ..space import Block, Space, block_view, layout
+from ..stats import Stats, key
+from ..strategy import Fit, Strategy, layout_of
 from .kfac import eigen_precondition
+
+
+def shampoo_partial_stats(
+    loaded,
+    modules: list[ModuleInfo],
+    docs: list[Doc],
+    space: Space,
+    *,
+    fisher: str = "empirical",
+    seed: int = 0,
+    loss_reduction: str = "sum",
+    batch_tokens: int = 8192,
+    on_batch: Callable[[int], None] | None = None,
+) -> Stats:
+    """Shampoo factor sums L = sum_n G_n G_n^T [O', O'] and R = sum_n G_n^T G_n [I', I'] per module."""
+    blocks = layout(modules, space)
+    sums = {}
+    for b in blocks:
+        sums[key(b.name, "L")] = _zeros((b.rows, b.rows), loaded)
+        sums[key(b.name, "R")] = _zeros((b.cols, b.cols), loaded)
+
+    def on_module(info, a, g, mask):
+        grad = torch.einsum("bto,bti->boi", g, a)  # [B, O', I']
+        sums[key(info.name, "L")] += torch.einsum("boi,bpi->op", grad, grad).to(torch.float64)
+        sums[key(info.name, "R")] += torch.einsum("boi,boj->ij", grad, grad).to(torch.float64)
+
+    counts = hooked_pass(loaded, modules, docs, space, on_module, batch_tokens=batch_tokens,
+                         loss_reduction=loss_reduction, fisher=fisher, seed=seed, on_batch=on_batch)
+    return Stats("shampoo", _to_cpu(sums), {"documents": counts["documents"]},
+                 _pass_meta(space, blocks, fisher, seed, loss_reduction))
+
+
+def rows_shampoo_partial_stats(rows, blocks: list[Block], space: Space) -> Stats:
+    """Shampoo factor sums L = sum_n G_n G_n^T and R = sum_n G_n^T G_n from stored rows."""
+    x = _rows(rows)
+    sums = {}
+    for b in blocks:
+        g = block_view(x, b)  # [N, O', I']
+        sums[key(b.name, "L")] = torch.einsum("noi,npi->op", g, g)
+        sums[key(b.name, "R")] = torch.einsum("noi,noj->ij", g, g)
+    return Stats("shampoo", sums, {"documents": x.shape[0]}, _rows_meta(space, blocks))
 
 
 class Shampoo(Strategy):
@@ -38,3 +86,9 @@ class Shampoo(Strategy):
         lam = torch.outer(e_l.sqrt(), e_r.sqrt())  # [O', I'] eigenvalues of L^1/2 (x) R^1/2
         return eigen_precondition(g, fit.tensor(block.name, "Q_L"), fit.tensor(block.name, "Q_R"),
                                   spectral_scale(lam, opts))
+
+    def model_stats(self, loaded, modules, docs, space, **kw) -> Stats:
+        return shampoo_partial_stats(loaded, modules, docs, space, **kw)
+
+    def rows_stats(self, rows, blocks, space, **kw) -> Stats:
+        return rows_shampoo_partial_stats(rows, blocks, space)
