@@ -18,7 +18,7 @@ from tasks.dynamics import magic_part, magic_scores
 @flow(name="magic", log_prints=True)
 def magic(config: MagicConfig) -> dict:
     from bergson_core.index.build import open_corpus
-    from bergson_core.methods.magic.metagrad import query_chunks
+    from bergson_core.methods.magic.run import query_chunks
 
     n = len(open_corpus(config.queries, config.query_split, config.storage_options))
     chunks = query_chunks(n, config.queries_per_task)

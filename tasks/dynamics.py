@@ -1,5 +1,5 @@
 """Tasks of the training-dynamics flows (TracIn, MAGIC): thin wrappers around bergson_core.methods.tracin.run and
-bergson_core.methods.magic.metagrad."""
+bergson_core.methods.magic.run."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def magic_part(config: MagicConfig, lo: int, hi: int) -> dict:
     """Train forward once, then one backward pass per query in [lo, hi) (or one for their sum);
     the metagradients go to OUTPUT/parts (reused when already there for the same recipe). A retry
     continues from the progress the failed try saved under OUTPUT/parts/<lo>-<hi>.state."""
-    from bergson_core.methods.magic.metagrad import run_part
+    from bergson_core.methods.magic.run import run_part
 
     return run_part(config, lo, hi)
 
@@ -57,6 +57,6 @@ def magic_part(config: MagicConfig, lo: int, hi: int) -> dict:
 @task(name="magic-scores", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 def magic_scores(config: MagicConfig, parts: list[dict]) -> dict:
     """score = -dQ/dw for every (query, document) -> topk.parquet and magic.json."""
-    from bergson_core.methods.magic.metagrad import write_scores
+    from bergson_core.methods.magic.run import write_scores
 
     return write_scores(config, parts)

@@ -1,6 +1,5 @@
-"""Benchmark rows of the training-dynamics methods (TracIn over checkpoints, SOURCE, MAGIC), registered
-into `bergson benchmark`'s method registry. Not a command (no NAME): the CLI imports every module
-here when it starts, which is what registers them.
+"""Benchmark rows of the training-dynamics methods (TracIn over checkpoints, SOURCE, MAGIC), listed
+in `bergson benchmark`'s explicit registry (benchmark.methods()). Not a command (no NAME).
 
 Every row reads the bank's recipe (bank.json), so it attributes exactly the run the bank retrains:
 TracIn and SOURCE retrain it once with checkpoints (bit-identical weights: the trainer is

@@ -1,6 +1,6 @@
 """Rows of `bergson benchmark` for the curvature recipes (TrackStar, EK-FAC influence), registered
-through the benchmark's @method registry. Kept in their own file so the benchmark module stays one
-owner's; the CLI imports every module of flows/commands, which registers these rows."""
+through the benchmark's explicit registry (benchmark.methods()). Kept in their own file so the benchmark module stays one
+owner's; benchmark.methods() lists these rows."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def run(args) -> int:
 
 
 def run_magic(cfg: MagicConfig) -> dict:
-    from bergson_core.methods.magic.metagrad import load_recipe
+    from bergson_core.methods.magic.run import load_recipe
 
     overlapped(lambda: load_recipe(cfg))  # validate inputs and load the model while Prefect starts
     from ..magic import magic

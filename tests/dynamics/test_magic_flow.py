@@ -14,7 +14,8 @@ import torch
 
 from bergson_core.config.dynamics import MagicConfig
 from bergson_core.eval.scores import dense_scores
-from bergson_core.methods.magic.metagrad import load_recipe, metagradients, run_magic
+from bergson_core.methods.magic.metagrad import metagradients
+from bergson_core.methods.magic.run import load_recipe, run_magic
 
 RECIPE = {"id_column": "id", "query_prompt_column": "prompt", "query_completion_column": "completion",
           "max_length": 32, "optimizer": "adamw", "lr": 3e-3, "epochs": 2, "batch_size": 4, "train_loss": "mean",

@@ -124,7 +124,7 @@ def test_killed_part_resumes_bit_identical_and_removes_its_state(tmp_path, facts
 
     from safetensors.torch import load_file
 
-    from bergson_core.methods.magic.metagrad import run_part
+    from bergson_core.methods.magic.run import run_part
 
     whole = run_part(config(facts, output=str(tmp_path / "whole")), 0, 4)
     cfg = config(facts, output=str(tmp_path / "killed"))

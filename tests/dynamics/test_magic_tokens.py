@@ -82,7 +82,7 @@ def test_command_writes_token_scores_that_sum_to_the_document_scores(tmp_path, f
     import pyarrow.parquet as pq
 
     from bergson_core.eval.scores import dense_scores
-    from bergson_core.methods.magic.metagrad import load_recipe, run_magic
+    from bergson_core.methods.magic.run import load_recipe, run_magic
 
     cfg = config(facts, output=str(tmp_path / "tokens"), weights="token", queries_per_task=5)
     summary = run_magic(cfg)
