@@ -38,13 +38,13 @@ import numpy as np
 import torch
 
 from bergson_core import curvature as C
-from bergson_core.capture import document_losses
 from bergson_core.config import GradientOptions
-from bergson_core.data import Doc
-from bergson_core.extract import compute_gradients
-from bergson_core.models import LoadedModel
-from bergson_core.modules import find_modules
-from bergson_core.tiny import tiny_model
+from bergson_core.data.corpus import Doc
+from bergson_core.gradients.extract import compute_gradients
+from bergson_core.model.loading import LoadedModel
+from bergson_core.model.loss import document_losses
+from bergson_core.model.modules import find_modules
+from bergson_core.model.tiny import tiny_model
 
 
 class _Tok:

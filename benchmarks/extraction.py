@@ -3,7 +3,7 @@
 On one model and one fixed list of batches (token-budget batches of random documents, planned and
 padded exactly as `compute_gradients` does), this times, interleaved and repeated:
 
-  extract p=16   bergson_core.extract.compute_gradients with projection_dim=16 (hooks fold the
+  extract p=16   bergson_core.gradients.extract.compute_gradients with projection_dim=16 (hooks fold the
                  two-sided projection in; includes collation and the copy of the rows to numpy)
   extract p=0    the same with full per-module gradients (reference only; no target)
   plain          forward + loss.backward() with requires_grad=True parameters (weight .grad
@@ -39,14 +39,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bergson_core import capture
-from bergson_core.batching import collate, plan_batches
-from bergson_core.capture import document_losses
 from bergson_core.config import GradientOptions
-from bergson_core.data import Doc
-from bergson_core.extract import compute_gradients, tracked_modules
-from bergson_core.models import LoadedModel
-from bergson_core.tiny import tiny_model
+from bergson_core.data.batching import collate, plan_batches
+from bergson_core.data.corpus import Doc
+from bergson_core.gradients import capture
+from bergson_core.gradients.extract import compute_gradients, tracked_modules
+from bergson_core.model.loading import LoadedModel
+from bergson_core.model.loss import document_losses
+from bergson_core.model.tiny import tiny_model
 
 
 @dataclass
@@ -227,7 +227,7 @@ def profile_extract(loaded, modules, docs, opts, batch_tokens) -> None:
     then torch.profiler's top operators for one pass."""
     from torch.profiler import ProfilerActivity, profile
 
-    from bergson_core import capture
+    from bergson_core.gradients import capture
 
     original = capture.GradientCollector._backward
     spent = [0.0]

@@ -28,10 +28,10 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bergson_core.data import load_corpus, tokenize_rows
+    from bergson_core.config.eval import TrainOptions
+    from bergson_core.data.corpus import load_corpus, tokenize_rows
     from bergson_core.eval.benchmark import BenchSetup, prepare_workspace
-    from bergson_core.eval_config import TrainOptions
-    from bergson_core.magic import metagradients
+    from bergson_core.methods.magic.metagrad import metagradients
 
     torch.set_num_threads(args.threads)
     setup = dataclasses.replace(BenchSetup(), epochs=args.epochs)

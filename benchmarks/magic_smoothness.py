@@ -44,13 +44,13 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bergson_core.data import load_corpus, tokenize_rows
+    from bergson_core.config.eval import TrainOptions
+    from bergson_core.data.corpus import load_corpus, tokenize_rows
     from bergson_core.eval.benchmark import BenchSetup, prepare_workspace
     from bergson_core.eval.lds import lds
     from bergson_core.eval.metrics import recall_at_k
-    from bergson_core.eval_config import TrainOptions
-    from bergson_core.magic import metagradients
-    from bergson_core.train import evaluate_losses, train
+    from bergson_core.methods.magic.metagrad import metagradients
+    from bergson_core.train.trainer import evaluate_losses, train
 
     torch.set_num_threads(1)
     setup = BenchSetup.smooth() if args.setup == "smooth" else BenchSetup()

@@ -93,15 +93,13 @@ def model_folder() -> str:
 def inner_loop(model_dir: str, corpus: str, repeats: int) -> None:
     import statistics
 
-    import torch
-
-    from bergson_core.batch_budget import resolve_batch_tokens
-    from bergson_core.batching import collate, plan_batches
-    from bergson_core.capture import document_losses
     from bergson_core.config import BuildConfig
-    from bergson_core.data import load_corpus, tokenize_rows
-    from bergson_core.extract import compute_gradients, tracked_modules
-    from bergson_core.models import load_model
+    from bergson_core.data.batching import collate, plan_batches
+    from bergson_core.data.corpus import load_corpus, tokenize_rows
+    from bergson_core.gradients.batch_budget import resolve_batch_tokens
+    from bergson_core.gradients.extract import compute_gradients, tracked_modules
+    from bergson_core.model.loading import load_model
+    from bergson_core.model.loss import document_losses
 
     cfg = BuildConfig(index="unused", model=model_dir, dataset=corpus, id_column="id", max_length=MAX_LENGTH)
     loaded = load_model(cfg)

@@ -1,7 +1,7 @@
 """Scoring throughput of a stored index against a plain in-memory matmul of the same matrices.
 
-A synthetic index (random float16 rows, several shards, written with bergson_core.store.Index in a
-temporary folder) is scored with bergson_core.scoring.score_index, and the same corpus, held in memory
+A synthetic index (random float16 rows, several shards, written with bergson_core.index.store.Index in a
+temporary folder) is scored with bergson_core.scoring.score.score_index, and the same corpus, held in memory
 as one float32 torch tensor, is scored with `q @ C.T` + `topk` in blocks of the same size. Times are
 interleaved (A, B, A, B, ...; the order rotates) and the median over repeats is reported.
 
@@ -36,8 +36,8 @@ import time
 import numpy as np
 import torch
 
-from bergson_core.scoring import score_index
-from bergson_core.store import Index
+from bergson_core.index.store import Index
+from bergson_core.scoring.score import score_index
 
 
 def write_index(root: str, rows: int, width: int, shards: int, seed: int = 0) -> Index:
@@ -56,7 +56,7 @@ def write_index(root: str, rows: int, width: int, shards: int, seed: int = 0) ->
 
 def load_corpus(index: Index) -> torch.Tensor:
     """The whole corpus as one float32 tensor (the baseline's input; decoding not timed)."""
-    from bergson_core.store import grad_matrix
+    from bergson_core.index.store import grad_matrix
 
     parts = [np.asarray(grad_matrix(t), dtype=np.float32) for _, t in index.iter_shards()]
     return torch.from_numpy(np.concatenate(parts))
@@ -76,7 +76,7 @@ def matmul_topk(q: torch.Tensor, corpus: torch.Tensor, k: int, block: int):
 
 
 class TopKBefore:
-    """bergson_core.scoring.TopK.add as it was: every block merged by a full stable sort."""
+    """bergson_core.scoring.score.TopK.add as it was: every block merged by a full stable sort."""
 
     def __init__(self, rows: int, k: int):
         self.k = k
@@ -95,8 +95,8 @@ class TopKBefore:
 
 def score_index_before(index: Index, q: np.ndarray, metric: str, aggregate: str, top_k: int, block_rows: int):
     """score_index's loop as it was (no transforms): TopKBefore, and a fresh float32 np.array per block."""
-    from bergson_core.scoring import _unit, prepare_queries
-    from bergson_core.store import grad_matrix
+    from bergson_core.index.store import grad_matrix
+    from bergson_core.scoring.score import _unit, prepare_queries
 
     qt = prepare_queries(q, metric, aggregate)
     top = TopKBefore(1 if aggregate in ("mean", "max") else qt.shape[0], top_k)

@@ -32,10 +32,10 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
+    from bergson_core.config.eval import ValidateConfig
+    from bergson_core.config.source import SourceConfig
     from bergson_core.eval.bank import Bank
-    from bergson_core.eval_config import ValidateConfig
-    from bergson_core.source_config import SourceConfig
-    from bergson_core.source_run import run_source
+    from bergson_core.methods.source.run import run_source
     from flows.commands.validate import run_validate
 
     work = os.path.abspath(args.workdir)

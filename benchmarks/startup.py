@@ -58,7 +58,7 @@ INSTRUMENTED = textwrap.dedent("""
     T = {}
     import flows.cli as cli
     T["CLI imports done"] = time.time()
-    import bergson_core.build as core_build
+    import bergson_core.index.build as core_build
     import flows.commands.build as cmd
     import flows.startup as startup
     start_prefect, prepare_build = startup.start_prefect, core_build.prepare_build
@@ -82,7 +82,7 @@ INSTRUMENTED = textwrap.dedent("""
 
 MODEL_ALONE = textwrap.dedent("""
     import sys
-    from bergson_core.build import build_shard, prepare_build
+    from bergson_core.index.build import build_shard, prepare_build
     from bergson_core.config import BuildConfig
     cfg = BuildConfig(index=sys.argv[1], model=sys.argv[2], dataset=sys.argv[3], progress=False)
     plan = prepare_build(cfg)
@@ -92,9 +92,10 @@ MODEL_ALONE = textwrap.dedent("""
 
 def make_inputs(root: str, docs: int) -> tuple[str, str]:
     """A small saved GPT-2 (h128, 4 layers) and a JSONL corpus of `docs` documents."""
-    from bergson_core.demo import make_corpus
-    from bergson_core.tiny import save_tiny
     from transformers.utils import logging as hf_logging
+
+    from bergson_core.eval.demo import make_corpus
+    from bergson_core.model.tiny import save_tiny
 
     hf_logging.disable_progress_bar()
 

@@ -33,11 +33,11 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bergson_core.config import BuildConfig
-    from bergson_core.data import load_corpus, tokenize_rows
+    from bergson_core.config.eval import TrainOptions
+    from bergson_core.data.corpus import load_corpus, tokenize_rows
     from bergson_core.eval.benchmark import BenchSetup, prepare_workspace
-    from bergson_core.eval_config import TrainOptions
-    from bergson_core.train import total_steps, train
-    from bergson_core.train_callback import GradientStore
+    from bergson_core.train.callback import GradientStore
+    from bergson_core.train.trainer import total_steps, train
 
     torch.set_num_threads(args.threads)
     setup = BenchSetup() if args.epochs is None else dataclasses.replace(BenchSetup(), epochs=args.epochs)

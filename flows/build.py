@@ -60,7 +60,7 @@ def _extract(config: BuildConfig, shards, tracker, refresh: bool = False) -> lis
 
 
 def _exists(config: BuildConfig, shard: int) -> bool:
-    from bergson_core.store import Index
+    from bergson_core.index.store import Index
 
     return Index(config.index, config.storage_options).has_shard(shard)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from bergson_core.curvature_config import EkfacConfig
+from bergson_core.config.curvature import EkfacConfig
 
 from .build import build_index
 from .fit import fit
@@ -20,7 +20,7 @@ from .score import score
 
 @flow(name="ekfac", log_prints=True)
 def ekfac(config: EkfacConfig) -> dict:
-    from bergson_core.fit_run import ekfac_mode
+    from bergson_core.curvature.run import ekfac_mode
 
     mode = ekfac_mode(config)
     built = build_index(config.build_config(mode))

@@ -13,7 +13,7 @@ import time
 from prefect import flow, unmapped
 from prefect.futures import as_completed
 
-from bergson_core.curvature_config import FitConfig
+from bergson_core.config.curvature import FitConfig
 from bergson_core.errors import StoreError
 from tasks import artifacts, curvature, progress
 from tasks.score import query_gradients
@@ -50,7 +50,7 @@ def fit(config: FitConfig) -> dict:
 def _map(config: FitConfig, p: dict, key: str) -> dict:
     """Partial statistics of every shard of pass p; a cached result whose file was deleted since is
     recomputed, bypassing the cache."""
-    from bergson_core.fit_run import has_partial
+    from bergson_core.curvature.run import has_partial
 
     shards = [tuple(s) for s in p["shards"]]
     todo = [s for s in shards if not has_partial(config, p, s[0])]  # finished shards are not even scheduled

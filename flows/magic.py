@@ -10,15 +10,15 @@ import os
 
 from prefect import flow, unmapped
 
-from bergson_core.dynamics_config import MagicConfig
+from bergson_core.config.dynamics import MagicConfig
 from tasks import artifacts
 from tasks.dynamics import magic_part, magic_scores
 
 
 @flow(name="magic", log_prints=True)
 def magic(config: MagicConfig) -> dict:
-    from bergson_core.build import open_corpus
-    from bergson_core.magic import query_chunks
+    from bergson_core.index.build import open_corpus
+    from bergson_core.methods.magic.run import query_chunks
 
     n = len(open_corpus(config.queries, config.query_split, config.storage_options))
     chunks = query_chunks(n, config.queries_per_task)

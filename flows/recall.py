@@ -10,8 +10,8 @@ import os
 from prefect import flow, unmapped
 
 from bergson_core import fs as fsu
+from bergson_core.config.eval import RecallConfig
 from bergson_core.eval.scores import method_name, resolve_score_file
-from bergson_core.eval_config import RecallConfig
 from tasks import artifacts
 from tasks.evaluate import recall_report_task, recall_task
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prefect import flow, unmapped
 
-from bergson_core.source_config import SourceConfig
+from bergson_core.config.source import SourceConfig
 from tasks import artifacts
 from tasks.source import source_query_gradients, source_score, source_segment
 
@@ -21,7 +21,7 @@ from .fit import fit
 
 @flow(name="source", log_prints=True)
 def source(config: SourceConfig) -> dict:
-    from bergson_core.source_run import build_config, kfac_config, plan_source, spec_of
+    from bergson_core.methods.source.run import build_config, kfac_config, plan_source, spec_of
 
     plan = plan_source(config)
     for k in range(len(plan["checkpoints"])):

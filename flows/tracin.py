@@ -10,7 +10,7 @@ import os
 
 from prefect import flow, unmapped
 
-from bergson_core.dynamics_config import TracInConfig
+from bergson_core.config.dynamics import TracInConfig
 from tasks import artifacts
 from tasks.dynamics import tracin_query_gradients, tracin_score
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from bergson_core.curvature_config import TrackstarConfig
+from bergson_core.config.curvature import TrackstarConfig
 
 from .build import build_index
 from .fit import fit

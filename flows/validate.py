@@ -14,11 +14,11 @@ from prefect import flow, unmapped
 from prefect.futures import as_completed
 
 from bergson_core import fs as fsu
+from bergson_core.config.eval import ValidateConfig
 from bergson_core.errors import StoreError
 from bergson_core.eval.bank import FULL_RUN, Bank, cost
 from bergson_core.eval.report import markdown_table
 from bergson_core.eval.scores import method_name
-from bergson_core.eval_config import ValidateConfig
 from tasks import artifacts
 from tasks.evaluate import lds_report_task, lds_task, plan_bank, retrain_run
 

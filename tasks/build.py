@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from bergson_core.build import build_shard, prepare_build
 from bergson_core.config import BuildConfig
+from bergson_core.index.build import build_shard, prepare_build
 
 from . import progress
 from .policy import RETRIES, RETRY_DELAYS, cache_key, retry_transient

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from prefect import task
 
-from bergson_core.curvature_config import FitConfig
-from bergson_core.fit_run import (
+from bergson_core.config.curvature import FitConfig
+from bergson_core.curvature.run import (
     fit_and_save,
     lambda_pass,
     plan_fit,

@@ -1,11 +1,11 @@
-"""Tasks of the training-dynamics flows (TracIn, MAGIC): thin wrappers around bergson_core.tracin and
-bergson_core.magic."""
+"""Tasks of the training-dynamics flows (TracIn, MAGIC): thin wrappers around bergson_core.methods.tracin.run and
+bergson_core.methods.magic.run."""
 
 from __future__ import annotations
 
 from prefect import task
 
-from bergson_core.dynamics_config import MagicConfig, TracInConfig
+from bergson_core.config.dynamics import MagicConfig, TracInConfig
 
 from .policy import RETRIES, RETRY_DELAYS, retry_transient
 
@@ -16,19 +16,20 @@ def tracin_query_gradients(config: TracInConfig, k: int) -> str:
     """Query gradients at checkpoint k (index k's spec), written to OUTPUT/queries/checkpoint-k.arrow;
     reused when a file for the same index spec and queries is already there."""
     from bergson_core import fs as fsu
-    from bergson_core.store import Index
-    from bergson_core.tracin import QUERY_DIR, cached_query_gradients, score_config
+    from bergson_core.index.store import Index
+    from bergson_core.methods.tracin.run import QUERY_DIR, score_config
+    from bergson_core.scoring.queries import cached_query_gradients
 
     meta = Index(config.indexes[k], config.storage_options).meta()
     base = fsu.join(config.output.rstrip("/"), QUERY_DIR, f"checkpoint-{k}")
-    return cached_query_gradients(meta, score_config(config, config.indexes[k]), base, config.storage_options)
+    return cached_query_gradients(meta, score_config(config, config.indexes[k]), base)["path"]
 
 
 @task(name="tracin-score", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 def tracin_score(config: TracInConfig, query_files: list[str]) -> dict:
     """Stream every checkpoint's shards together; sum lr-weighted scores; write topk.parquet."""
-    from bergson_core.store import grad_matrix, read_grads
-    from bergson_core.tracin import (
+    from bergson_core.index.store import grad_matrix, read_grads
+    from bergson_core.methods.tracin.run import (
         learning_rates,
         open_indexes,
         tracin_topk,
@@ -48,7 +49,7 @@ def magic_part(config: MagicConfig, lo: int, hi: int) -> dict:
     """Train forward once, then one backward pass per query in [lo, hi) (or one for their sum);
     the metagradients go to OUTPUT/parts (reused when already there for the same recipe). A retry
     continues from the progress the failed try saved under OUTPUT/parts/<lo>-<hi>.state."""
-    from bergson_core.magic import run_part
+    from bergson_core.methods.magic.run import run_part
 
     return run_part(config, lo, hi)
 
@@ -56,6 +57,6 @@ def magic_part(config: MagicConfig, lo: int, hi: int) -> dict:
 @task(name="magic-scores", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 def magic_scores(config: MagicConfig, parts: list[dict]) -> dict:
     """score = -dQ/dw for every (query, document) -> topk.parquet and magic.json."""
-    from bergson_core.magic import write_scores
+    from bergson_core.methods.magic.run import write_scores
 
     return write_scores(config, parts)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from prefect import task
 
+from bergson_core.config.eval import RecallConfig, ValidateConfig
 from bergson_core.eval.evaluate import lds_of_file, lds_report, recall_of_file, recall_report
 from bergson_core.eval.retrain import prepare_bank, retrain
-from bergson_core.eval_config import RecallConfig, ValidateConfig
 
 from .policy import RETRIES, RETRY_DELAYS, cache_key, retry_transient
 

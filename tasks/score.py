@@ -6,7 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from bergson_core.config import ScoreConfig
-from bergson_core.score_run import ensure_query_gradients, run_topk
+from bergson_core.scoring.run import ensure_query_gradients, run_topk
 
 from . import progress
 from .policy import RETRIES, RETRY_DELAYS, retry_transient
@@ -24,7 +24,7 @@ def query_gradients(config: ScoreConfig) -> dict:
       cache_policy=NO_CACHE)
 def score_shards(config: ScoreConfig, transform=None) -> dict:
     """Stream every shard in blocks, keep the top-k per query, write topk.parquet."""
-    from bergson_core.store import Index
+    from bergson_core.index.store import Index
 
     shards = Index(config.index, config.storage_options).meta()["num_shards"]
     bar = progress.start(shards, "scoring", config.progress, unit="shard")

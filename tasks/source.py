@@ -1,4 +1,4 @@
-"""Tasks of the SOURCE flow: thin wrappers around bergson_core.source_run (segment fits, final query
+"""Tasks of the SOURCE flow: thin wrappers around bergson_core.methods.source.run (segment fits, final query
 gradients, scores). The per-checkpoint index builds and KFAC statistics run as the ordinary
 build-index and fit-preconditioner subflows."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from bergson_core.source_config import SourceConfig
+from bergson_core.config.source import SourceConfig
 
 from .policy import RETRIES, RETRY_DELAYS, retry_transient
 
@@ -15,7 +15,7 @@ from .policy import RETRIES, RETRY_DELAYS, retry_transient
 def source_segment(config: SourceConfig, plan: dict, segment: int) -> dict:
     """EK-FAC of one segment (averaged KFAC factors, eigenvalues corrected on its checkpoints' rows),
     reused when fitted from the same inputs."""
-    from bergson_core.source_run import segment_fit
+    from bergson_core.methods.source.run import segment_fit
 
     return segment_fit(config, plan, segment)
 
@@ -24,7 +24,7 @@ def source_segment(config: SourceConfig, plan: dict, segment: int) -> dict:
       retry_condition_fn=retry_transient)
 def source_query_gradients(config: SourceConfig, plan: dict) -> str:
     """The queries' gradients at the final checkpoint (OUTPUT/queries/final.arrow, reused)."""
-    from bergson_core.source_run import final_query_gradients
+    from bergson_core.methods.source.run import final_query_gradients
 
     return final_query_gradients(config, plan)
 
@@ -32,6 +32,6 @@ def source_query_gradients(config: SourceConfig, plan: dict) -> str:
 @task(name="source-score", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
 def source_score(config: SourceConfig, plan: dict, query_file: str) -> dict:
     """Carry the query back through the segments, stream every checkpoint's shards, write topk.parquet."""
-    from bergson_core.source_run import score_source
+    from bergson_core.methods.source.run import score_source
 
     return score_source(config, plan, query_file)

@@ -11,8 +11,7 @@ Map-reduce shape (one Prefect task per shard in flows; plain functions here):
     save_preconditioner(index, "ekfac", ekfac)                         # <index>/precond/ekfac/
     pq = apply_preconditioner(ekfac, query_rows, ApplyOptions(damping=1e-3, damping_mode="absolute"))
 
-Strategies (one module each, registered on import): identity, diagonal, kfac, ekfac, autocorr,
-shampoo.
+Strategies: one module each in strategies/, registered in strategy.STRATEGIES (docs/architecture.md).
 """
 
 from .io import (
@@ -32,13 +31,11 @@ from .passes import (
     lambda_partial_stats,
     rows_diagonal_partial_stats,
     rows_lambda_partial_stats,
-    rows_shampoo_partial_stats,
-    shampoo_partial_stats,
 )
 from .registry import STRATEGIES, Fit, apply_preconditioner, fit_preconditioner, get_strategy
 from .space import Block, Space, index_layout, layout, project_rows
 from .stats import StatisticError, Stats, reduce_stats
-from . import autocorr, diagonal, ekfac, identity, kfac, shampoo  # noqa: E402,F401  (register the strategies)
+from .strategies.shampoo import rows_shampoo_partial_stats, shampoo_partial_stats
 
 apply = apply_preconditioner
 

@@ -21,13 +21,13 @@ from typing import Callable
 
 import torch
 
-from ..batch_budget import resolve_batch_tokens
-from ..batching import collate, plan_batches
-from ..capture import document_losses, hooked_losses
-from ..head_loss import has_plain_head
-from ..data import Doc
-from ..modules import ModuleInfo
-from ..projection import projection_matrix
+from ..data.batching import collate, plan_batches
+from ..data.corpus import Doc
+from ..gradients.batch_budget import resolve_batch_tokens
+from ..gradients.projection import projection_matrix
+from ..model.head_loss import has_plain_head, hooked_losses
+from ..model.loss import document_losses, upcast
+from ..model.modules import ModuleInfo
 from .space import Space
 
 # callback(module, a [B, T, I'], g [B, T, O'], mask [B, T]); a is already masked / bias-extended
@@ -159,7 +159,7 @@ def hooked_pass(
                 if fisher == "true":  # labels drawn from the full logits
                     logits = model(input_ids=ids, attention_mask=mask).logits
                     labels = sample_labels(logits, labels, chunk, seed)
-                    loss = document_losses(logits, labels, loss_reduction).sum()
+                    loss = document_losses(upcast(logits), labels, loss_reduction).sum()
                     del logits
                 else:  # chunked LM head: no [B, T, V] logits kept for backward
                     loss = hooked_losses(model, ids, mask, labels, loss_reduction).sum()

@@ -8,12 +8,11 @@ Model passes (need the model, run over a shard of documents):
                         count (George et al. 2018, "Fast approximate natural gradient descent in a
                         Kronecker-factored eigenbasis", the EK-FAC eigenvalue correction)
   diagonal_partial_stats  D[o,i] = sum_n G_n[o,i]^2, document count
-  shampoo_partial_stats   L = sum_n G_n G_n^T, R = sum_n G_n^T G_n (Gupta et al. 2018)
 Row passes (need only stored gradient rows [N, D] of an index, no model):
-  rows_lambda_partial_stats, rows_diagonal_partial_stats, rows_shampoo_partial_stats: the same
-                        sums from stored rows
+  rows_lambda_partial_stats, rows_diagonal_partial_stats: the same sums from stored rows
   autocorr_partial_stats  H = sum_n vec(G_n) vec(G_n)^T per module (TrackStar, Chang et al. 2024)
-Each returns a `Stats`; `reduce_stats` adds partials of the same kind and settings.
+Each returns a `Stats`; `reduce_stats` adds partials of the same kind and settings. A strategy may
+also keep its passes in its own file (strategies/shampoo.py does), built from the helpers here.
 """
 
 from __future__ import annotations
@@ -23,12 +22,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data import Doc
-from ..modules import ModuleInfo
+from ..data.corpus import Doc
+from ..model.modules import ModuleInfo
 from .hooks import hooked_pass
-from .registry import Fit
 from .space import Block, Space, block_view, layout
 from .stats import Stats, key
+from .strategy import Fit
 
 
 def _pass_meta(space: Space, blocks: list[Block], fisher: str, seed: int, loss_reduction: str) -> dict:
@@ -139,36 +138,6 @@ def diagonal_partial_stats(
                  _pass_meta(space, blocks, fisher, seed, loss_reduction))
 
 
-def shampoo_partial_stats(
-    loaded,
-    modules: list[ModuleInfo],
-    docs: list[Doc],
-    space: Space,
-    *,
-    fisher: str = "empirical",
-    seed: int = 0,
-    loss_reduction: str = "sum",
-    batch_tokens: int | None = None,
-    on_batch: Callable[[int], None] | None = None,
-) -> Stats:
-    """Shampoo factor sums L = sum_n G_n G_n^T [O', O'] and R = sum_n G_n^T G_n [I', I'] per module."""
-    blocks = layout(modules, space)
-    sums = {}
-    for b in blocks:
-        sums[key(b.name, "L")] = _zeros((b.rows, b.rows), loaded)
-        sums[key(b.name, "R")] = _zeros((b.cols, b.cols), loaded)
-
-    def on_module(info, a, g, mask):
-        grad = torch.einsum("bto,bti->boi", g, a)  # [B, O', I']
-        sums[key(info.name, "L")] += torch.einsum("boi,bpi->op", grad, grad).to(torch.float64)
-        sums[key(info.name, "R")] += torch.einsum("boi,boj->ij", grad, grad).to(torch.float64)
-
-    counts = hooked_pass(loaded, modules, docs, space, on_module, batch_tokens=batch_tokens,
-                         loss_reduction=loss_reduction, fisher=fisher, seed=seed, on_batch=on_batch)
-    return Stats("shampoo", _to_cpu(sums), {"documents": counts["documents"]},
-                 _pass_meta(space, blocks, fisher, seed, loss_reduction))
-
-
 # -- from stored gradient rows ------------------------------------------------------------------
 def _rows(rows) -> torch.Tensor:
     if isinstance(rows, torch.Tensor):
@@ -202,17 +171,6 @@ def rows_diagonal_partial_stats(rows, blocks: list[Block], space: Space) -> Stat
     x = _rows(rows)
     sums = {key(b.name, "D"): block_view(x, b).square().sum(0) for b in blocks}
     return Stats("diagonal", sums, {"documents": x.shape[0]}, _rows_meta(space, blocks))
-
-
-def rows_shampoo_partial_stats(rows, blocks: list[Block], space: Space) -> Stats:
-    """Shampoo factor sums L = sum_n G_n G_n^T and R = sum_n G_n^T G_n from stored rows."""
-    x = _rows(rows)
-    sums = {}
-    for b in blocks:
-        g = block_view(x, b)  # [N, O', I']
-        sums[key(b.name, "L")] = torch.einsum("noi,npi->op", g, g)
-        sums[key(b.name, "R")] = torch.einsum("noi,noj->ij", g, g)
-    return Stats("shampoo", sums, {"documents": x.shape[0]}, _rows_meta(space, blocks))
 
 
 def autocorr_partial_stats(rows, blocks: list[Block], space: Space, unit_normalize: bool = False,

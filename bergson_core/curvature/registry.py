@@ -1,82 +1,25 @@
-"""Preconditioner strategies that register themselves, the `Fit` they produce, and the two front
-doors: `fit_preconditioner` (reduced statistics -> Fit) and `apply_preconditioner` (Fit, rows ->
+"""The two front doors of the strategies registered in strategy.STRATEGIES: `fit_preconditioner` (reduced statistics -> Fit) and `apply_preconditioner` (Fit, rows ->
 preconditioned rows)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, UserError
+from . import strategies  # noqa: F401  (imports every strategy module, which registers it)
 from .options import ApplyOptions, FitOptions
 from .space import Block, Space, block_view, row_width
-from .stats import StatisticError, Stats, key
-
-STRATEGIES: dict[str, "Strategy"] = {}
-
-
-@dataclass
-class Fit:
-    """A fitted preconditioner: float64 factors per module, in one gradient space."""
-
-    strategy: str
-    space: Space
-    blocks: list[Block]
-    tensors: dict[str, torch.Tensor]
-    meta: dict = field(default_factory=dict)
-
-    def tensor(self, module: str, factor: str) -> torch.Tensor:
-        return self.tensors[key(module, factor)]
-
-    def fingerprint(self) -> str:
-        """sha256 over strategy, space, layout and factor bytes: names this exact fit."""
-        head = [self.strategy, self.space.to_json(), [b.to_json() for b in self.blocks]]
-        h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
-        for k in sorted(self.tensors):
-            h.update(k.encode())
-            h.update(self.tensors[k].contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
-
-
-class Strategy:
-    """A preconditioner family. Subclasses declare `name` and `needs` (statistic kinds), and
-    implement `fit` and `apply_block`; defining the class registers it."""
-
-    name: ClassVar[str] = ""
-    needs: ClassVar[tuple[str, ...]] = ()
-    optional: ClassVar[tuple[str, ...]] = ()
-    needs_base: ClassVar[str | None] = None  # e.g. "kfac": EK-FAC reuses a KFAC eigenbasis
-    help: ClassVar[str] = ""
-
-    def __init_subclass__(cls, **kw):
-        super().__init_subclass__(**kw)
-        if cls.name:
-            STRATEGIES[cls.name] = cls()
-
-    def fit(self, stats: dict[str, Stats], opts: FitOptions, base: Fit | None,
-            layout: tuple[Space, list[Block]] | None) -> Fit:
-        raise NotImplementedError
-
-    def apply_block(self, fit: Fit, block: Block, g: torch.Tensor, opts: ApplyOptions) -> torch.Tensor:
-        """Precondition one module's gradients g [N, O', I'] (float64)."""
-        raise NotImplementedError
+from .stats import StatisticError, Stats
+from .strategy import STRATEGIES, Fit, Strategy, layout_of  # noqa: F401  (re-exported)
 
 
 def get_strategy(name: str) -> Strategy:
-    from . import autocorr, diagonal, ekfac, identity, kfac, shampoo  # noqa: F401  (importing registers them)
-
     if name not in STRATEGIES:
         raise ConfigError(f"unknown preconditioner {name!r}: choose one of {', '.join(sorted(STRATEGIES))}")
     return STRATEGIES[name]
-
-
-def layout_of(stats: Stats) -> tuple[Space, list[Block]]:
-    return Space(**stats.meta["space"]), [Block(**b) for b in stats.meta["blocks"]]
 
 
 def fit_preconditioner(

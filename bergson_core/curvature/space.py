@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import StoreError
-from ..modules import ModuleInfo
-from ..projection import projection_matrix
+from ..gradients.projection import projection_matrix
+from ..model.modules import ModuleInfo
 
 
 @dataclass(frozen=True)

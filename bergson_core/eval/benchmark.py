@@ -52,7 +52,7 @@ class BenchSetup:
         return replace(self, eps=3e-3, lr=self.lr / 2, epochs=self.epochs * 2)
 
     def train_options(self) -> dict:
-        """The trainer's options (bergson_core.eval_config.TrainOptions) of this setup."""
+        """The trainer's options (bergson_core.config.eval.TrainOptions) of this setup."""
         return {"optimizer": "adamw", "lr": self.lr, "eps": self.eps, "weight_decay": self.weight_decay,
                 "epochs": self.epochs, "batch_size": self.batch_size, "warmup_steps": self.warmup_steps,
                 "schedule": "linear", "train_loss": "mean"}
@@ -64,7 +64,7 @@ OPTIMIZER_ONLY = ("eps", "weight_decay")
 def prepare_workspace(workdir: str, setup: BenchSetup) -> dict:
     """corpus.jsonl, queries.jsonl and the init model under workdir (written once, then reused, so
     their fingerprints and the bank stay valid)."""
-    from ..tiny import save_tiny
+    from ..model.tiny import save_tiny
 
     paths = {"corpus": os.path.join(workdir, "corpus.jsonl"), "queries": os.path.join(workdir, "queries.jsonl"),
              "init": os.path.join(workdir, "init"), "setup": os.path.join(workdir, "setup.json")}

@@ -8,9 +8,9 @@ import json
 import numpy as np
 
 from .. import fs as fsu
-from ..build import open_corpus
-from ..data import check_columns
+from ..data.corpus import check_columns
 from ..errors import InputError
+from ..index.build import open_corpus
 from .bank import Bank
 from .bank import cost as bank_cost
 from .lds import lds, mean_stderr, predicted

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 
 from .. import fs as fsu
-from ..build import check_data_columns, model_fingerprint, open_corpus
 from ..config import CODE_VERSION, spec_hash
-from ..data import Doc, tokenize_rows
+from ..config.eval import BankOptions
+from ..data.corpus import Doc, tokenize_rows
 from ..errors import ConfigError
-from ..eval_config import BankOptions
-from ..models import load_model
-from ..store import cache_root
-from ..train import evaluate_losses, latest_checkpoint, read_trainer_state, train
+from ..index.build import check_data_columns, model_fingerprint, open_corpus
+from ..index.store import cache_root
+from ..model.loading import load_model
+from ..train.trainer import evaluate_losses, latest_checkpoint, read_trainer_state, train
 from .bank import FULL_DIR, FULL_RUN, Bank, subset_run
 from .subsets import draw_subsets, mask_digest
 

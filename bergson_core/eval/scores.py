@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from .. import fs as fsu
 from ..errors import InputError
-from ..results import TOPK_FILE
+from ..scoring.results import TOPK_FILE
 
 COLUMNS = ("query_index", "doc_index", "score")
 

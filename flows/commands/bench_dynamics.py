@@ -1,6 +1,5 @@
-"""Benchmark rows of the training-dynamics methods (TracIn over checkpoints, SOURCE, MAGIC), registered
-into `bergson benchmark`'s method registry. Not a command (no NAME): the CLI imports every module
-here when it starts, which is what registers them.
+"""Benchmark rows of the training-dynamics methods (TracIn over checkpoints, SOURCE, MAGIC), listed
+in `bergson benchmark`'s explicit registry (benchmark.methods()). Not a command (no NAME).
 
 Every row reads the bank's recipe (bank.json), so it attributes exactly the run the bank retrains:
 TracIn and SOURCE retrain it once with checkpoints (bit-identical weights: the trainer is
@@ -31,12 +30,12 @@ def _checkpointed_run(bench: Bench, folder: str, checkpoints: int) -> list[str]:
     import copy
     import math
 
-    from bergson_core.build import open_corpus
     from bergson_core.config import ModelOptions
-    from bergson_core.data import tokenize_rows
-    from bergson_core.eval_config import TrainOptions
-    from bergson_core.models import load_model
-    from bergson_core.train import total_steps, train
+    from bergson_core.config.eval import TrainOptions
+    from bergson_core.data.corpus import tokenize_rows
+    from bergson_core.index.build import open_corpus
+    from bergson_core.model.loading import load_model
+    from bergson_core.train.trainer import total_steps, train
 
     recipe = _recipe(bench)
     corpus = open_corpus(recipe["dataset"], recipe["split"], {})
@@ -57,7 +56,7 @@ def _checkpointed_run(bench: Bench, folder: str, checkpoints: int) -> list[str]:
         "(Pruthi et al. 2020)")
 def _tracin(bench: Bench) -> str:
     from bergson_core.config import BuildConfig
-    from bergson_core.dynamics_config import TracInConfig
+    from bergson_core.config.dynamics import TracInConfig
 
     from ..tracin import tracin
     from .build import run_build
@@ -81,7 +80,7 @@ def _tracin(bench: Bench) -> str:
         "approximate unrolling (Bae et al. 2024), Adam variant: per-segment EK-FAC on full gradients rescaled by "
         "the saved Adam state, the query carried back through the segments")
 def _source(bench: Bench) -> str:
-    from bergson_core.source_config import SourceConfig
+    from bergson_core.config.source import SourceConfig
 
     from ..source import source
 
@@ -98,7 +97,7 @@ def _source(bench: Bench) -> str:
         "AdamW steps, sqrt checkpointing (Ilyas & Engstrom et al. 2025); how large its metagradients grow on "
         "each recipe: benchmarks/dynamics.md")
 def _magic(bench: Bench) -> str:
-    from bergson_core.dynamics_config import MagicConfig
+    from bergson_core.config.dynamics import MagicConfig
 
     from ..magic import magic
 

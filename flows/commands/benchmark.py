@@ -3,8 +3,8 @@ method the project has: LDS against a bank of retrained tiny models and recall@1
 supporting documents on a generated facts corpus, with standard errors and wall time. 2 CPU cores.
 
 A method is a function that writes a score file (query_index, doc_index, score, rank, doc_id) for
-the benchmark's queries against its corpus, registered with @method. To add a row, register one
-and rerun the command: the bank of retrained models is kept in --workdir, so only the new method
+the benchmark's queries against its corpus, named with @method and listed in methods(). To add a row, list it
+there and rerun the command: the bank of retrained models is kept in --workdir, so only the new method
 (and the quick re-evaluation of the others) runs.
 """
 
@@ -57,8 +57,8 @@ class Bench:
         import numpy as np
         import pyarrow as pa
 
-        from bergson_core.build import open_corpus
-        from bergson_core.results import write_table
+        from bergson_core.index.build import open_corpus
+        from bergson_core.scoring.results import write_table
 
         ids = [str(i) for i in open_corpus(self.corpus, "train", {}).dataset["id"]]
         order = np.argsort(-scores, axis=1, kind="stable")  # [Q, N]
@@ -69,22 +69,37 @@ class Bench:
         return write_table(table, os.path.join(self.workdir, "scores", slug, "topk.parquet"))
 
 
-METHODS: dict[str, tuple[Callable[[Bench], str], str]] = {}
-
-
 def method(name: str, notes: str = ""):
-    """Register a benchmark row: fn(bench) -> score file."""
-    def register(fn):
-        METHODS[name] = (fn, notes)
+    """Name a benchmark row: fn(bench) -> score file. Naming does not register it: methods() lists
+    every row explicitly."""
+    def name_row(fn):
+        fn.bench_name, fn.bench_notes = name, notes
         return fn
-    return register
+    return name_row
+
+
+def methods() -> dict[str, tuple[Callable[[Bench], str], str]]:
+    """The benchmark's rows, in table order: the one explicit registry (the same list whichever
+    modules were imported before). A new row: a function named with @method, added here."""
+    from . import bench_dynamics as dyn
+    from . import benchmark_curvature as curv
+
+    rows = [_random, _inner, _cosine, _inner_full, _cosine_full, dyn._tracin, dyn._source, dyn._magic,
+            curv._trackstar, curv._ekfac]
+    return {fn.bench_name: (fn, fn.bench_notes) for fn in rows}
+
+
+def __getattr__(name: str):
+    if name == "METHODS":  # the registry as a mapping, built on first use (after every row module loaded)
+        return methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @method("random scores", "baseline: N(0, 1) scores, seeded")
 def _random(bench: Bench) -> str:
     import numpy as np
 
-    from bergson_core.build import open_corpus
+    from bergson_core.index.build import open_corpus
 
     queries = len(open_corpus(bench.queries, "train", {}))
     return bench.write_scores("random", np.random.default_rng(0).normal(size=(queries, bench.documents)))
@@ -153,6 +168,7 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
 
     import torch
 
+    from bergson_core.config.eval import RecallConfig, ValidateConfig
     from bergson_core.errors import ConfigError
     from bergson_core.eval.bank import FULL_RUN, Bank
     from bergson_core.eval.benchmark import (
@@ -163,15 +179,15 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
         write_results,
     )
     from bergson_core.eval.retrain import full_model_path
-    from bergson_core.eval_config import RecallConfig, ValidateConfig
 
     from .recall import run_recall
     from .validate import run_validate
 
     t0 = time.perf_counter()
-    unknown = sorted(set(methods or []) - set(METHODS))
+    registry = globals()["methods"]()  # the parameter `methods` shadows the function here
+    unknown = sorted(set(methods or []) - set(registry))
     if unknown:
-        raise ConfigError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+        raise ConfigError(f"unknown method(s) {unknown}; choose from {sorted(registry)}")
     torch.set_num_threads(threads)
     if setup_name not in ("default", "smooth"):
         raise ConfigError(f"unknown setup {setup_name!r}; choose from ['default', 'smooth']")
@@ -191,15 +207,15 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
     bank_only = run_validate(ValidateConfig(**recipe))  # the full model and every retraining (kept if done)
     bench = Bench(workdir, paths["corpus"], paths["queries"], full_model_path(ValidateConfig(**recipe)),
                   bank_only["documents"], setup.projection_dim)
-    chosen = [m for m in METHODS if not methods or m in methods]
+    chosen = [m for m in registry if not methods or m in methods]
     from bergson_core.config import ModelOptions
-    from bergson_core.models import load_model
+    from bergson_core.model.loading import load_model
 
     load_model(ModelOptions(model=bench.model))  # warm the model cache: no method pays the first load
     files, seconds = [], {}
     for name in chosen:
         t = time.perf_counter()
-        files.append(METHODS[name][0](bench))
+        files.append(registry[name][0](bench))
         seconds[name] = time.perf_counter() - t
     lds = run_validate(ValidateConfig(**recipe, scores=files, names=chosen,
                                       output=os.path.join(workdir, "report")))
@@ -212,7 +228,7 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
         rows.append({"method": m["method"], "lds": m["lds"], "lds_stderr": m["lds_stderr"],
                      "recall@10": r["recall@10"], "recall@10_stderr": r["recall@10_stderr"], "mrr": r["mrr"],
                      "mrr_stderr": r["mrr_stderr"], "seconds": seconds[m["method"]],
-                     "notes": METHODS[m["method"]][1]})
+                     "notes": registry[m["method"]][1]})
     full_manifest = Bank(recipe["bank"]).read_run(FULL_RUN)[1]
     command = "bergson benchmark" + (" --quick" if quick else "") + (
         f" --setup {setup_name}" if setup_name != "default" else "") + (

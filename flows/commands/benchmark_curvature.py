@@ -1,6 +1,6 @@
 """Rows of `bergson benchmark` for the curvature recipes (TrackStar, EK-FAC influence), registered
-through the benchmark's @method registry. Kept in their own file so the benchmark module stays one
-owner's; the CLI imports every module of flows/commands, which registers these rows."""
+through the benchmark's explicit registry (benchmark.methods()). Kept in their own file so the benchmark module stays one
+owner's; benchmark.methods() lists these rows."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _common(bench: Bench, index: str, out: str) -> dict:
 
 
 def _optimizer_state(bench: Bench) -> str | None:
-    """The final AdamW state saved next to the trained model (bergson_core.train checkpoints)."""
+    """The final AdamW state saved next to the trained model (bergson_core.train.trainer checkpoints)."""
     path = os.path.join(os.path.dirname(bench.model.rstrip("/")), "optimizer.safetensors")
     return path if os.path.exists(path) else None
 
@@ -33,7 +33,7 @@ def _optimizer_state(bench: Bench) -> str | None:
 @method("TrackStar", "Adam-normalised (final optimizer state), projected, unit-normalised gradients; corpus + "
         "query covariance, H^-1/2 on both sides; cosine")
 def _trackstar(bench: Bench) -> str:
-    from bergson_core.curvature_config import TrackstarConfig
+    from bergson_core.config.curvature import TrackstarConfig
 
     from .trackstar import run_trackstar
 
@@ -45,7 +45,7 @@ def _trackstar(bench: Bench) -> str:
 
 @method("EK-FAC influence", "EK-FAC fitted on the corpus (full gradients, exact mode), g_q^T (F + damping)^-1 g_d")
 def _ekfac(bench: Bench) -> str:
-    from bergson_core.curvature_config import EkfacConfig
+    from bergson_core.config.curvature import EkfacConfig
 
     from .ekfac import run_ekfac
 

@@ -29,7 +29,7 @@ def _embedded_api() -> bool:
 
 def run_build(cfg: BuildConfig) -> dict:
     def preload():  # imports torch inside the thread, so the API server starts first
-        from bergson_core.build import prepare_build
+        from bergson_core.index.build import prepare_build
 
         if not _embedded_api():
             prepare_build(cfg, write=False)  # a server is up already: the flow does all the work
@@ -45,7 +45,7 @@ def run_build(cfg: BuildConfig) -> dict:
 
 
 def head_start(cfg: BuildConfig, plan) -> dict | None:
-    from bergson_core.build import build_shard
+    from bergson_core.index.build import build_shard
     from tasks import progress
 
     missing = plan.missing()

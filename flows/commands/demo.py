@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from bergson_core.demo import prepare_demo, topic_precision
+    from bergson_core.eval.demo import prepare_demo, topic_precision
 
     from .. import render
 

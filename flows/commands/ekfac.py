@@ -1,6 +1,6 @@
 """`bergson ekfac INDEX --model M --dataset D --queries Q`: EK-FAC influence in one command."""
 
-from bergson_core.curvature_config import EkfacConfig
+from bergson_core.config.curvature import EkfacConfig
 
 from ..options import add_model_arguments, build_config
 from ..startup import overlapped
@@ -28,8 +28,8 @@ def run(args) -> int:
 
 def run_ekfac(cfg: EkfacConfig) -> dict:
     def preload():  # validation and model loading while Prefect starts
-        from bergson_core.build import prepare_build
-        from bergson_core.fit_run import check_queries, ekfac_mode
+        from bergson_core.curvature.run import check_queries, ekfac_mode
+        from bergson_core.index.build import prepare_build
 
         prepare_build(cfg.build_config(ekfac_mode(cfg)), write=False)
         check_queries(cfg)

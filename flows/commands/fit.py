@@ -1,12 +1,12 @@
 """`bergson fit INDEX --strategy S`: fit a preconditioner over an index (map / reduce over shards)."""
 
-from bergson_core.curvature_config import FitConfig
+from bergson_core.config.curvature import STRATEGY_NAMES, FitConfig
 
 from ..options import add_model_arguments, build_config
 from ..startup import overlapped
 
 NAME, ORDER = "fit", 22
-HELP = ("Fit a preconditioner over an index (identity, diagonal, kfac, ekfac, autocorr, shampoo): per-shard "
+HELP = (f"Fit a preconditioner over an index ({', '.join(STRATEGY_NAMES)}): per-shard "
         "statistics, reduced, fitted in float64, saved as INDEX/precond/NAME for `bergson score --preconditioner`.")
 
 
@@ -21,8 +21,8 @@ def run(args) -> int:
 
 def run_fit(cfg: FitConfig) -> dict:
     def preload():  # validate, load the model and compute query gradients while Prefect starts
-        from bergson_core.fit_run import plan_fit
-        from bergson_core.score_run import ensure_query_gradients
+        from bergson_core.curvature.run import plan_fit
+        from bergson_core.scoring.run import ensure_query_gradients
 
         cfg.source()
         if cfg.queries:

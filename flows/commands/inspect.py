@@ -15,8 +15,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from bergson_core.health import index_report
-    from bergson_core.store import Index
+    from bergson_core.index.health import index_report
+    from bergson_core.index.store import Index
 
     from .. import render
 

@@ -1,6 +1,6 @@
 """`bergson magic --model INIT --dataset D --queries Q --output DIR`: MAGIC metagradients."""
 
-from bergson_core.dynamics_config import MagicConfig
+from bergson_core.config.dynamics import MagicConfig
 
 from ..options import add_model_arguments, build_config
 from ..startup import overlapped
@@ -28,7 +28,7 @@ def run(args) -> int:
 
 
 def run_magic(cfg: MagicConfig) -> dict:
-    from bergson_core.magic import load_recipe
+    from bergson_core.methods.magic.run import load_recipe
 
     overlapped(lambda: load_recipe(cfg))  # validate inputs and load the model while Prefect starts
     from ..magic import magic

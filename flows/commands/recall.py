@@ -1,6 +1,6 @@
 """`bergson recall --queries Q --scores S1 S2`: MRR and recall@k of known supporting documents."""
 
-from bergson_core.eval_config import RecallConfig
+from bergson_core.config.eval import RecallConfig
 
 from ..options import add_model_arguments, build_config
 from ..startup import start_prefect

@@ -22,7 +22,7 @@ def run(args) -> int:
 
 def run_score(cfg: ScoreConfig) -> dict:
     def preload():  # imports torch inside the thread, so the API server starts first
-        from bergson_core.score_run import ensure_query_gradients, preconditioner_transforms
+        from bergson_core.scoring.run import ensure_query_gradients, preconditioner_transforms
 
         preconditioner_transforms(cfg)  # a preconditioner of another projection is refused at once
         return ensure_query_gradients(cfg)

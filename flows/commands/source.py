@@ -1,6 +1,6 @@
 """`bergson source --checkpoints C1 C2 ... --dataset D --queries Q --output DIR`: SOURCE."""
 
-from bergson_core.source_config import SourceConfig
+from bergson_core.config.source import SourceConfig
 
 from ..options import add_model_arguments, build_config
 from ..startup import overlapped
@@ -25,7 +25,7 @@ def run(args) -> int:
 
 
 def run_source(cfg: SourceConfig) -> dict:
-    from bergson_core.source_run import plan_source
+    from bergson_core.methods.source.run import plan_source
 
     overlapped(lambda: plan_source(cfg))  # fail fast on bad inputs while Prefect starts
     from ..source import source

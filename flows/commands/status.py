@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from bergson_core.store import Index
+    from bergson_core.index.store import Index
 
     index = Index(args.index, args.storage_options)
     status = index_status(index, verify=not args.no_verify)
@@ -54,9 +54,9 @@ def ranges(ids: list[int]) -> str:
 
 
 def index_status(index, verify: bool = True) -> dict:
-    """bergson_core.health.index_report plus the index's other outputs."""
+    """bergson_core.index.health.index_report plus the index's other outputs."""
     from bergson_core import fs as fsu
-    from bergson_core.health import index_report
+    from bergson_core.index.health import index_report
 
     report = index_report(index, verify=verify)
     status = {k: report[k] for k in ("index", "spec_hash", "model", "dataset", "shards_expected",
@@ -91,7 +91,7 @@ def _outputs(index, folder: str, marker: tuple[str, ...]) -> list[dict]:
 def repair(index, status: dict) -> list[str]:
     """Remove what makes shards corrupt or orphaned; a rerun of the build redoes those shards."""
     from bergson_core import fs as fsu
-    from bergson_core.store import GRADS_DIR
+    from bergson_core.index.store import GRADS_DIR
 
     removed = []
     for i in status["shards_corrupt"]:

@@ -1,6 +1,6 @@
 """`bergson tracin --indexes I1 I2 ... --queries Q --output DIR`: multi-checkpoint TracIn."""
 
-from bergson_core.dynamics_config import TracInConfig
+from bergson_core.config.dynamics import TracInConfig
 
 from ..options import add_model_arguments, build_config
 from ..startup import overlapped
@@ -24,7 +24,7 @@ def run(args) -> int:
 
 
 def run_tracin(cfg: TracInConfig) -> dict:
-    from bergson_core.tracin import learning_rates, open_indexes
+    from bergson_core.methods.tracin.run import learning_rates, open_indexes
 
     def check():  # fail fast on bad inputs while Prefect starts
         _, metas = open_indexes(cfg)

@@ -1,6 +1,6 @@
 """`bergson trackstar INDEX --model M --dataset D --queries Q`: TrackStar attribution in one command."""
 
-from bergson_core.curvature_config import TrackstarConfig
+from bergson_core.config.curvature import TrackstarConfig
 
 from ..options import add_model_arguments, build_config
 from ..startup import overlapped
@@ -24,8 +24,8 @@ def run(args) -> int:
 
 def run_trackstar(cfg: TrackstarConfig) -> dict:
     def preload():  # validation (model, corpus, optimizer state, query columns) while Prefect starts
-        from bergson_core.build import prepare_build
-        from bergson_core.fit_run import check_queries
+        from bergson_core.curvature.run import check_queries
+        from bergson_core.index.build import prepare_build
 
         prepare_build(cfg.build_config(), write=False)
         check_queries(cfg)

@@ -6,7 +6,7 @@ kept documents and the measured query loss. The bank is reused: a new score file
 retraining. Without --scores it only fills the bank (and trains the full model to attribute).
 """
 
-from bergson_core.eval_config import ValidateConfig
+from bergson_core.config.eval import ValidateConfig
 
 from ..options import add_model_arguments, build_config
 from ..startup import Background, start_prefect

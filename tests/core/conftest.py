@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bergson_core.models import LoadedModel
-from bergson_core.tiny import train_tokenizer
+from bergson_core.model.loading import LoadedModel
+from bergson_core.model.tiny import train_tokenizer
 
 from .helpers import QUERIES, TEXTS, make_loaded
 

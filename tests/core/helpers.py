@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from bergson_core.config import GradientOptions
-from bergson_core.data import Corpus, Doc
-from bergson_core.models import LoadedModel
-from bergson_core.modules import ModuleInfo, find_modules
-from bergson_core.tiny import tiny_model
+from bergson_core.data.corpus import Corpus, Doc
+from bergson_core.model.loading import LoadedModel
+from bergson_core.model.modules import ModuleInfo, find_modules
+from bergson_core.model.tiny import tiny_model
 
 TEXTS = [
     "the cat sat on the mat",

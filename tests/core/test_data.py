@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from bergson_core.data import check_columns, load_corpus, tokenize_rows
+from bergson_core.data.corpus import check_columns, load_corpus, tokenize_rows
 from bergson_core.errors import InputError, UserError
 
 from .helpers import write_jsonl

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from bergson_core.config import BuildConfig
-from bergson_core.data import Doc
-from bergson_core.extract import compute_gradients, tracked_modules
-from bergson_core.models import load_model
+from bergson_core.data.corpus import Doc
+from bergson_core.gradients.extract import compute_gradients, tracked_modules
+from bergson_core.model.loading import load_model
 
 
 def _gguf_path() -> str:

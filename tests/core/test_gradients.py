@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bergson_core.data import Doc, tokenize_rows
-from bergson_core.extract import compute_gradients, tracked_modules
+from bergson_core.data.corpus import Doc, tokenize_rows
+from bergson_core.gradients.extract import compute_gradients, tracked_modules
 
 from .helpers import corpus_from_rows, docs_from_texts, grad_options, reference_gradients
 

@@ -12,13 +12,14 @@ import textwrap
 import pytest
 import torch
 
-from bergson_core.batch_budget import MAX_AUTO_TOKENS, auto_batch_tokens, saved_bytes
-from bergson_core.batching import collate
-from bergson_core.capture import GradientCollector, document_losses
 from bergson_core.curvature.hooks import hooked_pass
 from bergson_core.curvature.space import Space
-from bergson_core.head_loss import has_plain_head, head_document_losses
-from bergson_core.tiny import tiny_model
+from bergson_core.data.batching import collate
+from bergson_core.gradients.batch_budget import MAX_AUTO_TOKENS, auto_batch_tokens, saved_bytes
+from bergson_core.gradients.capture import GradientCollector
+from bergson_core.model.head_loss import has_plain_head, head_document_losses
+from bergson_core.model.loss import document_losses
+from bergson_core.model.tiny import tiny_model
 
 from .helpers import docs_from_texts
 
@@ -30,7 +31,7 @@ ARCHS = ["gpt2", "llama", "gpt_neox"]
 def test_chunked_head_equals_full_logits(loaded_models, tokenizer, texts, arch, reduction, monkeypatch):
     """Losses and the gradient reaching the body equal those from the full logits (float64), also
     when the head is applied a few tokens at a time."""
-    monkeypatch.setattr("bergson_core.head_loss.CHUNK_BYTES", 3 * 8 * len(tokenizer))  # 3-row chunks
+    monkeypatch.setattr("bergson_core.model.head_loss.CHUNK_BYTES", 3 * 8 * len(tokenizer))  # 3-row chunks
     model = loaded_models(arch).model
     assert has_plain_head(model)
     docs = docs_from_texts(tokenizer, texts[:6])
@@ -72,7 +73,7 @@ def test_scaled_logits_keep_the_full_path(tokenizer):
 
 def test_collector_keeps_nothing_between_batches(loaded_models, tokenizer, texts):
     loaded = loaded_models("llama")
-    from bergson_core.extract import tracked_modules
+    from bergson_core.gradients.extract import tracked_modules
 
     from .helpers import grad_options
 
@@ -94,7 +95,7 @@ def test_collector_keeps_nothing_between_batches(loaded_models, tokenizer, texts
 
 def test_token_hooks_keep_nothing_after_an_error(loaded_models, tokenizer, texts):
     loaded = loaded_models("gpt2")
-    from bergson_core.extract import tracked_modules
+    from bergson_core.gradients.extract import tracked_modules
 
     from .helpers import grad_options
 
@@ -145,10 +146,10 @@ def test_auto_batch_tokens_follows_the_model(tokenizer):
 RSS_SCRIPT = textwrap.dedent("""
     import json, sys, threading, torch
     from bergson_core.config import GradientOptions
-    from bergson_core.data import Doc
-    from bergson_core.extract import compute_gradients, tracked_modules
-    from bergson_core.models import LoadedModel
-    from bergson_core.tiny import tiny_model
+    from bergson_core.data.corpus import Doc
+    from bergson_core.gradients.extract import compute_gradients, tracked_modules
+    from bergson_core.model.loading import LoadedModel
+    from bergson_core.model.tiny import tiny_model
 
     torch.set_num_threads(1)
     model = tiny_model("llama", 512, hidden=256, layers=12, heads=4, max_positions=256)

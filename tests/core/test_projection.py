@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from bergson_core.extract import compute_gradients, tracked_modules
-from bergson_core.projection import projection_matrix
+from bergson_core.gradients.extract import compute_gradients, tracked_modules
+from bergson_core.gradients.projection import projection_matrix
 
 from .helpers import docs_from_texts, grad_options
 
@@ -104,7 +104,7 @@ def test_matrices_regenerate_identically_in_a_fresh_process(tmp_path):
     out = tmp_path / "m.npz"
     script = (
         "import json, sys, numpy as np, torch\n"
-        "from bergson_core.projection import projection_matrix\n"
+        "from bergson_core.gradients.projection import projection_matrix\n"
         "cases = json.loads(sys.argv[1])\n"
         "np.savez(sys.argv[2], *[projection_matrix(*c, dtype=torch.float64).numpy() for c in cases])\n"
     )

@@ -10,14 +10,14 @@ import shutil
 import numpy as np
 import pytest
 
-from bergson_core.build import build_shard, prepare_build
 from bergson_core.config import BuildConfig, ScoreConfig
-from bergson_core.data import load_corpus
+from bergson_core.data.corpus import load_corpus
 from bergson_core.errors import StoreError
-from bergson_core.results import topk_table
-from bergson_core.scoring import query_gradients, score_index
-from bergson_core.store import Index, grad_matrix
-from bergson_core.tiny import save_tiny
+from bergson_core.index.build import build_shard, prepare_build
+from bergson_core.index.store import Index, grad_matrix
+from bergson_core.model.tiny import save_tiny
+from bergson_core.scoring.results import topk_table
+from bergson_core.scoring.score import query_gradients, score_index
 
 from .helpers import QUERIES, TEXTS, write_jsonl
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from bergson_core.scoring import TopK, score_index
-from bergson_core.store import Index
+from bergson_core.index.store import Index
+from bergson_core.scoring.score import TopK, score_index
 
 
 def reference_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,6 +115,6 @@ def test_score_index_ties_equal_brute_force(tmp_path, dtype, metric):
 
 
 def grad_matrix_of(index: Index, shard: int) -> np.ndarray:
-    from bergson_core.store import grad_matrix
+    from bergson_core.index.store import grad_matrix
 
     return grad_matrix(index.open_shard(shard))  # the stored rows, after scoring (left unchanged)

@@ -13,7 +13,7 @@ import pyarrow.ipc as ipc
 import pytest
 
 from bergson_core.errors import StoreError
-from bergson_core.store import Index, grad_matrix
+from bergson_core.index.store import Index, grad_matrix
 
 
 def rows(n: int, d: int, seed: int = 0) -> np.ndarray:

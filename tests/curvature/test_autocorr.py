@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bergson_core import curvature as C
-from bergson_core.curvature.autocorr import mixing_coefficient
+from bergson_core.curvature.strategies.autocorr import mixing_coefficient
 
 from .tiny_setup import make_setup, rel_err
 

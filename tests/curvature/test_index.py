@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from bergson_core import curvature as C
-from bergson_core.build import build_shard, load_for_spec, prepare_build
 from bergson_core.config import BuildConfig
-from bergson_core.data import tokenize_rows
-from bergson_core.store import grad_matrix
-from bergson_core.tiny import save_tiny
+from bergson_core.data.corpus import tokenize_rows
+from bergson_core.index.build import build_shard, load_for_spec, prepare_build
+from bergson_core.index.store import grad_matrix
+from bergson_core.model.tiny import save_tiny
 
 from .tiny_setup import random_texts, rel_err
 

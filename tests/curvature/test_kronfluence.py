@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bergson_core import curvature as C
-from bergson_core.capture import document_losses
+from bergson_core.model.loss import document_losses
 
 from .tiny_setup import make_setup, rel_err
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bergson_core.capture import GradientCollector
-from bergson_core.modules import find_modules
-from bergson_core.normalizers import NormalizerError, load_normalizers
-from bergson_core.tiny import tiny_model, train_tokenizer
+from bergson_core.gradients.capture import GradientCollector
+from bergson_core.gradients.normalizers import NormalizerError, load_normalizers
+from bergson_core.model.modules import find_modules
+from bergson_core.model.tiny import tiny_model, train_tokenizer
 
 from .tiny_setup import random_texts, rel_err
 

@@ -10,11 +10,11 @@ import torch
 
 from bergson_core.config import GradientOptions
 from bergson_core.curvature import Space, layout
-from bergson_core.data import Doc
-from bergson_core.extract import compute_gradients
-from bergson_core.models import LoadedModel
-from bergson_core.modules import ModuleInfo, find_modules
-from bergson_core.tiny import tiny_model, train_tokenizer
+from bergson_core.data.corpus import Doc
+from bergson_core.gradients.extract import compute_gradients
+from bergson_core.model.loading import LoadedModel
+from bergson_core.model.modules import ModuleInfo, find_modules
+from bergson_core.model.tiny import tiny_model, train_tokenizer
 
 WORDS = ("the cat sat on a mat dog ran far away big small red blue green tree house river stone bird "
          "fish light dark old new").split()

@@ -8,7 +8,6 @@ import torch
 
 from tests.conftest import one_torch_thread
 
-
 one_thread = pytest.fixture(autouse=True, scope="package", name="one_thread")(one_torch_thread)
 
 
@@ -16,8 +15,8 @@ one_thread = pytest.fixture(autouse=True, scope="package", name="one_thread")(on
 def trained_run(tmp_path_factory):
     """A tiny float64 GPT-2 trained with AdamW for 4 steps (checkpoints at 2 and 4, linear decay),
     its corpus and queries as JSONL files."""
-    from bergson_core.eval_config import TrainOptions
-    from bergson_core.train import train
+    from bergson_core.config.eval import TrainOptions
+    from bergson_core.train.trainer import train
     from tests.core.helpers import write_jsonl
     from tests.eval import helpers
 

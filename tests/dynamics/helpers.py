@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bergson_core.tiny import train_tokenizer  # noqa: F401  (re-exported for tests)
+from bergson_core.model.tiny import train_tokenizer  # noqa: F401  (re-exported for tests)
 
 
 def body_weights(model) -> list[torch.nn.Parameter]:

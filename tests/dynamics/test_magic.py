@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bergson_core.eval_config import TrainOptions
-from bergson_core.magic import metagradients, retrained_query_losses
+from bergson_core.config.eval import TrainOptions
+from bergson_core.methods.magic.metagrad import metagradients, retrained_query_losses
 from tests.eval import helpers
 
 TEXTS = helpers.TEXTS[:6]
@@ -68,11 +68,11 @@ def test_aggregate_is_the_sum_of_per_query_metagradients(setup):
 
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
 def test_unrolled_training_is_the_project_trainer(setup, kind):
-    """The differentiable re-implementation reaches the same weights as bergson_core.train."""
+    """The differentiable re-implementation reaches the same weights as bergson_core.train.trainer."""
     import copy
 
-    from bergson_core.magic import Unrolled
-    from bergson_core.train import train
+    from bergson_core.methods.magic.metagrad import Unrolled
+    from bergson_core.train.trainer import train
 
     opts = OPTIONS[kind]
     w = torch.linspace(0.5, 1.5, len(TEXTS), dtype=torch.float64)

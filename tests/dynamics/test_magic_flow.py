@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from bergson_core.dynamics_config import MagicConfig
+from bergson_core.config.dynamics import MagicConfig
 from bergson_core.eval.scores import dense_scores
-from bergson_core.magic import load_recipe, metagradients, run_magic
+from bergson_core.methods.magic.metagrad import metagradients
+from bergson_core.methods.magic.run import load_recipe, run_magic
 
 RECIPE = {"id_column": "id", "query_prompt_column": "prompt", "query_completion_column": "completion",
           "max_length": 32, "optimizer": "adamw", "lr": 3e-3, "epochs": 2, "batch_size": 4, "train_loss": "mean",
@@ -24,7 +25,7 @@ RECIPE = {"id_column": "id", "query_prompt_column": "prompt", "query_completion_
 @pytest.fixture(scope="module")
 def facts(tmp_path_factory):
     from bergson_core.eval.facts import make_facts
-    from bergson_core.tiny import save_tiny
+    from bergson_core.model.tiny import save_tiny
     from tests.core.helpers import write_jsonl
 
     root = tmp_path_factory.mktemp("magic-facts")
@@ -50,7 +51,7 @@ def test_score_file_is_minus_the_metagradient(facts, tmp_path):
 
 
 def test_cli_flow_resumes_and_validates(facts, tmp_path, prefect_api):
-    from bergson_core.eval_config import ValidateConfig
+    from bergson_core.config.eval import ValidateConfig
     from flows.commands.validate import run_validate
 
     out = tmp_path / "cli"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bergson_core.eval_config import TrainOptions
-from bergson_core.magic import metagradients
-from bergson_core.magic_state import MANIFEST, StateStore
+from bergson_core.config.eval import TrainOptions
+from bergson_core.methods.magic.metagrad import metagradients
+from bergson_core.methods.magic.state import MANIFEST, StateStore
 from tests.eval import helpers
 
 TEXTS = helpers.TEXTS[:6]
@@ -124,7 +124,7 @@ def test_killed_part_resumes_bit_identical_and_removes_its_state(tmp_path, facts
 
     from safetensors.torch import load_file
 
-    from bergson_core.magic import run_part
+    from bergson_core.methods.magic.run import run_part
 
     whole = run_part(config(facts, output=str(tmp_path / "whole")), 0, 4)
     cfg = config(facts, output=str(tmp_path / "killed"))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from bergson_core import magic_tokens
-from bergson_core.magic import Unrolled, metagradients, retrained_query_losses
-from bergson_core.train import train
+from bergson_core.methods.magic import tokens as magic_tokens
+from bergson_core.methods.magic.metagrad import Unrolled, metagradients, retrained_query_losses
+from bergson_core.train.trainer import train
 
 from .test_magic import OPTIONS as DOCUMENT_OPTIONS
 from .test_magic import QUERIES, TEXTS, setup  # noqa: F401  (the shared tiny float64 setup fixture)
@@ -82,7 +82,7 @@ def test_command_writes_token_scores_that_sum_to_the_document_scores(tmp_path, f
     import pyarrow.parquet as pq
 
     from bergson_core.eval.scores import dense_scores
-    from bergson_core.magic import load_recipe, run_magic
+    from bergson_core.methods.magic.run import load_recipe, run_magic
 
     cfg = config(facts, output=str(tmp_path / "tokens"), weights="token", queries_per_task=5)
     summary = run_magic(cfg)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from bergson_core.config.source import SourceConfig
 from bergson_core.errors import ConfigError
 from bergson_core.eval.scores import dense_scores
-from bergson_core.source_config import SourceConfig
-from bergson_core.source_run import run_source
+from bergson_core.methods.source.run import run_source
 
 from . import helpers
 
@@ -25,9 +25,9 @@ QUERIES = ["the cat sat in the park", "birds sing on the mat"]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny float64 GPT-2 trained with AdamW for 6 steps, checkpoints at 2, 4 and 6."""
-    from bergson_core.eval_config import TrainOptions
-    from bergson_core.tiny import tiny_model
-    from bergson_core.train import train
+    from bergson_core.config.eval import TrainOptions
+    from bergson_core.model.tiny import tiny_model
+    from bergson_core.train.trainer import train
     from tests.core.helpers import write_jsonl
     from tests.eval import helpers as eh
 
@@ -99,7 +99,7 @@ def expm(a: np.ndarray) -> np.ndarray:
 
 def test_segment_algebra_matches_dense_matrix_exponentials(run, tmp_path):
     from bergson_core import curvature as C
-    from bergson_core.store import Index
+    from bergson_core.index.store import Index
 
     # segments [checkpoint-2, checkpoint-4], [checkpoint-6]; H + d I with d = 0.1 x mean eigenvalue
     cfg = config(run, tmp_path / "out", segments=2, damping=0.1)
@@ -112,7 +112,7 @@ def test_segment_algebra_matches_dense_matrix_exponentials(run, tmp_path):
     gq = layout_gradients(run["checkpoints"][-1], QUERIES, modules).numpy()
     P = [adam_p(c, modules, run["opts"]) for c in run["checkpoints"]]
     # eta_l from the schedule itself: the sum of the step learning rates in the segment
-    from bergson_core.train import learning_rate
+    from bergson_core.train.trainer import learning_rate
 
     lr = [learning_rate(s, 6, run["opts"]) for s in range(6)]
     etas = [sum(lr[:4]), sum(lr[4:])]
@@ -152,15 +152,15 @@ def test_segment_algebra_matches_dense_matrix_exponentials(run, tmp_path):
 def test_one_segment_with_a_long_horizon_is_ekfac_influence(run, tmp_path):
     """eta -> infinity: (1 - exp(-eta lambda)) / lambda -> 1 / lambda, EK-FAC's undamped inverse."""
     from bergson_core import curvature as C
-    from bergson_core.curvature_config import FitConfig
-    from bergson_core.fit_run import (
+    from bergson_core.config.curvature import FitConfig
+    from bergson_core.curvature.run import (
         fit_and_save,
         lambda_pass,
         plan_fit,
         reduce_pass,
         stats_shard,
     )
-    from bergson_core.store import Index, grad_matrix, read_grads
+    from bergson_core.index.store import Index, grad_matrix, read_grads
 
     last = run["checkpoints"][-1:]
     cfg = config(run, tmp_path / "out", checkpoints=last, optimizer="sgd", segment_learning_rates=[1e30])
@@ -196,7 +196,7 @@ def test_one_segment_with_a_long_horizon_is_ekfac_influence(run, tmp_path):
 def test_short_segments_are_tracin(run, tmp_path):
     """eta -> 0: R = eta I and S = I, so SOURCE x N is TracIn with the segments' learning rates and
     the final query gradient: sum_k eta_k <g_q(theta_T), g_d(theta_k)>."""
-    from bergson_core.store import Index
+    from bergson_core.index.store import Index
 
     etas = [2e-9, 5e-9, 3e-9]
     cfg = config(run, tmp_path / "out", optimizer="sgd", segment_learning_rates=etas)
@@ -211,7 +211,7 @@ def test_short_segments_are_tracin(run, tmp_path):
 
 
 def test_checkpoints_are_taken_in_training_order_whatever_order_they_come_in(run, tmp_path):
-    from bergson_core.source_run import plan_source
+    from bergson_core.methods.source.run import plan_source
 
     shuffled = [run["checkpoints"][k] for k in (2, 0, 1)]
     plan = plan_source(config(run, tmp_path / "out", checkpoints=shuffled, segments=2))
@@ -219,7 +219,7 @@ def test_checkpoints_are_taken_in_training_order_whatever_order_they_come_in(run
 
 
 def test_a_rerun_reuses_every_step_and_gives_the_same_scores(run, tmp_path):
-    from bergson_core.source_run import plan_source, segment_fit
+    from bergson_core.methods.source.run import plan_source, segment_fit
 
     cfg = config(run, tmp_path / "out", segments=2)
     first = dense_scores(run_source(cfg)["output"], len(QUERIES), len(TEXTS))
@@ -237,7 +237,7 @@ def test_a_rerun_reuses_every_step_and_gives_the_same_scores(run, tmp_path):
     ({"optimizer_state": "x"}, "drop --optimizer-state"),
 ])
 def test_bad_setups_are_refused_before_any_work(run, tmp_path, change, message):
-    from bergson_core.source_run import plan_source
+    from bergson_core.methods.source.run import plan_source
 
     if change.get("checkpoints") == "twice":
         change = {"checkpoints": run["checkpoints"] + run["checkpoints"][-1:]}

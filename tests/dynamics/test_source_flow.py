@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from bergson_core.eval.scores import dense_scores
-from bergson_core.source_run import run_source
+from bergson_core.methods.source.run import run_source
 
 from .test_source import QUERIES, TEXTS, config, run  # noqa: F401  (the trained run fixture)
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from bergson_core.build import build_shard, prepare_build
 from bergson_core.config import BuildConfig
-from bergson_core.dynamics_config import TracInConfig
+from bergson_core.config.dynamics import TracInConfig
 from bergson_core.eval.scores import dense_scores
-from bergson_core.tracin import run_tracin
-from bergson_core.train import learning_rate, total_steps
+from bergson_core.index.build import build_shard, prepare_build
+from bergson_core.methods.tracin.run import run_tracin
+from bergson_core.train.trainer import learning_rate, total_steps
 
 from . import helpers
 

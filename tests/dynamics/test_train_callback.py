@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from bergson_core.config import BuildConfig
-from bergson_core.data import load_corpus, tokenize_rows
-from bergson_core.eval_config import TrainOptions
-from bergson_core.extract import compute_gradients, tracked_modules
-from bergson_core.models import load_model
-from bergson_core.normalizers import load_normalizers
-from bergson_core.store import Index, grad_matrix
-from bergson_core.train import total_steps, train
-from bergson_core.train_callback import GradientStore
+from bergson_core.config.eval import TrainOptions
+from bergson_core.data.corpus import load_corpus, tokenize_rows
+from bergson_core.gradients.extract import compute_gradients, tracked_modules
+from bergson_core.gradients.normalizers import load_normalizers
+from bergson_core.index.store import Index, grad_matrix
+from bergson_core.model.loading import load_model
+from bergson_core.train.callback import GradientStore
+from bergson_core.train.trainer import total_steps, train
 from tests.core.helpers import write_jsonl
 from tests.eval import helpers
 
@@ -74,7 +74,7 @@ def test_hugging_face_trainer_callback_equals_index_built_afterwards(tmp_path):
     checkpoint's stored gradients equal those built from checkpoint-N and its optimizer.pt."""
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from bergson_core.train_callback import hf_callback
+    from bergson_core.train.callback import hf_callback
 
     tok = helpers.tokenizer()
     texts = helpers.TEXTS[:8]
@@ -103,7 +103,7 @@ def test_hugging_face_trainer_callback_equals_index_built_afterwards(tmp_path):
 def test_stored_index_is_the_one_bergson_build_writes(tmp_path):
     """Through the real build path (--model CHECKPOINT/model --optimizer-state CHECKPOINT): the same
     spec hash and the same rows as the train-time store."""
-    from bergson_core.build import build_shard, prepare_build
+    from bergson_core.index.build import build_shard, prepare_build
 
     tok = helpers.tokenizer()
     texts = helpers.TEXTS[:6]

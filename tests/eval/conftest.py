@@ -12,7 +12,6 @@ import pytest
 
 from tests.conftest import one_torch_thread
 
-
 one_thread = pytest.fixture(autouse=True, scope="package", name="one_thread")(one_torch_thread)
 
 
@@ -26,8 +25,7 @@ def prefect_harness(prefect_api):
 def facts_setup(tmp_path_factory):
     """A small facts corpus (24 documents, 8 queries) and a tiny GPT-2 init folder, written once."""
     from bergson_core.eval.facts import make_facts
-    from bergson_core.tiny import save_tiny
-
+    from bergson_core.model.tiny import save_tiny
     from tests.core.helpers import write_jsonl
 
     root = tmp_path_factory.mktemp("facts")
@@ -46,7 +44,7 @@ def facts_setup(tmp_path_factory):
 @pytest.fixture
 def bank_options(facts_setup, tmp_path):
     """A recipe over the facts corpus with a fresh bank folder per test."""
-    from bergson_core.eval_config import ValidateConfig
+    from bergson_core.config.eval import ValidateConfig
 
     def make(**kw):
         values = dict(bank=str(tmp_path / "bank"), model=facts_setup["model"], dataset=facts_setup["corpus"],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from bergson_core.data import Doc
-from bergson_core.tiny import tiny_model, train_tokenizer
+from bergson_core.data.corpus import Doc
+from bergson_core.model.tiny import tiny_model, train_tokenizer
 
 TEXTS = [
     "the cat sat on the mat", "a dog ran in the park", "birds sing at dawn", "the fox jumps over the dog",

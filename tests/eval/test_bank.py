@@ -15,7 +15,7 @@ from bergson_core.errors import InputError, StoreError
 from bergson_core.eval.bank import FULL_RUN, subset_run
 from bergson_core.eval.evaluate import lds_of_file, lds_report, recall_of_file
 from bergson_core.eval.retrain import full_model_path, prepare_bank, retrain
-from bergson_core.train import STATE_FILE
+from bergson_core.train.trainer import STATE_FILE
 
 
 def _count_trainings(monkeypatch) -> list[int]:

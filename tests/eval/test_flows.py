@@ -13,9 +13,9 @@ from bergson_core.eval.bank import Bank
 
 
 def test_validate_flow_resumes_and_reports(prefect_harness, bank_options, tmp_path, monkeypatch):
+    from bergson_core.config.eval import RecallConfig
     from flows.recall import recall
     from flows.validate import validate
-    from bergson_core.eval_config import RecallConfig
 
     rng = np.random.default_rng(0)
     q, d = np.meshgrid(np.arange(8), np.arange(24), indexing="ij")

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bergson_core.eval_config import TrainOptions
-from bergson_core.train import (
+from bergson_core.config.eval import TrainOptions
+from bergson_core.train.trainer import (
     OPTIMIZER_FILE,
     STATE_FILE,
     adamw_update,
@@ -177,8 +177,8 @@ def test_resume_from_checkpoint_is_exact(tok, tmp_path, kind):
 
 def test_adam_state_feeds_the_adam_normalizer(tok, tmp_path):
     """The saved optimizer state is what the gradient normaliser reads (safetensors, named keys)."""
-    from bergson_core.modules import find_modules
-    from bergson_core.normalizers import load_normalizers
+    from bergson_core.gradients.normalizers import load_normalizers
+    from bergson_core.model.modules import find_modules
 
     m = helpers.model(tok, dtype=torch.float32)
     train(m, helpers.docs(tok), TrainOptions(lr=0.01, batch_size=6), checkpoint_dir=str(tmp_path))

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bergson_core.tiny import save_tiny
+from bergson_core.model.tiny import save_tiny
 
 WORDS = ["apple", "river", "stone", "cloud", "music", "garden", "engine", "forest", "silver", "window",
          "planet", "bread", "winter", "candle", "harbor", "violin"]

@@ -10,9 +10,9 @@ import sys
 
 
 def test_embedded_build_computes_the_first_shard_early_and_the_index_is_the_same(workspace, tmp_path):
-    from bergson_core.build import build_shard, prepare_build
     from bergson_core.config import BuildConfig
-    from bergson_core.store import Index
+    from bergson_core.index.build import build_shard, prepare_build
+    from bergson_core.index.store import Index
 
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # no server: the CLI starts its own
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), HF_HUB_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from bergson_core.config import BuildConfig, ScoreConfig
-from bergson_core.store import Index, grad_matrix
+from bergson_core.index.store import Index, grad_matrix
 from flows.build import build_index
 from flows.score import score
 
@@ -59,7 +59,7 @@ def test_score_flow_writes_topk_matching_brute_force(prefect_api, workspace, tmp
     # independent check: brute-force inner products of the stored query and corpus matrices
     index = Index(cfg.index)
     corpus = np.concatenate([grad_matrix(t) for _, t in index.iter_shards()]).astype(np.float64)
-    from bergson_core.store import read_grads
+    from bergson_core.index.store import read_grads
 
     q = grad_matrix(read_grads(str(out / "query_grads.arrow"))).astype(np.float64)
     full = q @ corpus.T

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from bergson_core import curvature as C
-from bergson_core.build import build_shard, load_for_spec, open_corpus, prepare_build
 from bergson_core.config import BuildConfig
-from bergson_core.curvature_config import STRATEGY_NAMES, FitConfig, TrackstarConfig
-from bergson_core.data import tokenize_rows
-from bergson_core.extract import compute_gradients
-from bergson_core.store import Index, grad_matrix, read_grads
+from bergson_core.config.curvature import STRATEGY_NAMES, FitConfig, TrackstarConfig
+from bergson_core.data.corpus import tokenize_rows
+from bergson_core.gradients.extract import compute_gradients
+from bergson_core.index.build import build_shard, load_for_spec, open_corpus, prepare_build
+from bergson_core.index.store import Index, grad_matrix, read_grads
 
 from .test_cli_errors import _assert_user_error
 
@@ -114,7 +114,9 @@ def _cosine_reference(index: str, query_file: str, lam_target: int, damping: flo
     meta = ix.meta()
     d = np.concatenate([grad_matrix(t) for _, t in ix.iter_shards()]).astype(np.float64)
     q = grad_matrix(read_grads(query_file)).astype(np.float64)
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
     ud, uq = unit(d), unit(q)
     cols = [(m["offset"], m["offset"] + m["width"]) for m in meta["modules"]]
     hc = [ud[:, a:b].T @ ud[:, a:b] / len(ud) for a, b in cols]
@@ -209,7 +211,7 @@ def test_score_refuses_a_preconditioner_of_another_projection(run_cli, prefect_a
 
 
 def test_optimizer_state_of_another_model_is_refused(run_cli, workspace, tmp_path):
-    from bergson_core.tiny import save_tiny
+    from bergson_core.model.tiny import save_tiny
 
     other = save_tiny(str(tmp_path / "other"), "llama", ["a b c d e f"], hidden=16, layers=1)
     state = _adam_state(other, str(tmp_path / "other-adam.pt"))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 
-from bergson_core.build import build_shard, prepare_build
 from bergson_core.config import BuildConfig
+from bergson_core.index.build import build_shard, prepare_build
 from flows.cli import main
 
 

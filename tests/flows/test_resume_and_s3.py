@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bergson_core.config import BuildConfig, ScoreConfig
-from bergson_core.tiny import save_tiny
+from bergson_core.model.tiny import save_tiny
 from flows.build import build_index
 from flows.score import score
 

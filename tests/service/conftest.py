@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bergson_core.tiny import save_tiny
+from bergson_core.model.tiny import save_tiny
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]

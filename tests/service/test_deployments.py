@@ -45,3 +45,11 @@ def test_nightly_schedule_is_off_by_default():
     (nightly,) = build["schedules"]
     assert nightly["active"] is False and nightly["slug"] == "nightly-corpus-build"
     assert set(nightly["parameters"]["config"]) >= {"index", "model", "dataset"}
+
+
+def test_deployment_versions_are_the_package_version():
+    """The version is declared once (bergson_core/version.py); prefect.yaml's anchor must follow it."""
+    from bergson_core.version import __version__
+
+    deployments = yaml.safe_load(SPEC.read_text())["deployments"]
+    assert deployments and {d["version"] for d in deployments} == {__version__}

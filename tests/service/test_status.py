@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from bergson_core.build import build_shard, prepare_build
 from bergson_core.config import BuildConfig
-from bergson_core.tiny import save_tiny
+from bergson_core.index.build import build_shard, prepare_build
+from bergson_core.model.tiny import save_tiny
 from flows.cli import main
 from flows.commands.status import ranges
 

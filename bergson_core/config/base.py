@@ -1,0 +1,147 @@
+"""The one configuration model. The same pydantic classes give the CLI flags, the YAML config file,
+the Prefect flow parameters and the dashboard form, so an option is declared exactly once here.
+
+Options are grouped in small mixins (model, data, gradient, store) and composed into one flat
+config per command; flat names keep CLI flags, YAML keys and form fields identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..version import __version__
+
+CODE_VERSION = __version__  # bergson_core/version.py: bump when stored gradients would change for the same spec
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelOptions(_Options):
+    model: str = Field(
+        "",
+        description="Causal LM: a local Hugging Face folder, a hub id, or a .gguf file path. "
+        "For `score` it defaults to the model the index was built with.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    gguf_file: str | None = Field(
+        None, description="GGUF file name inside --model's folder or hub repo (for GGUF models)."
+    )
+    dtype: Literal["auto", "float32", "float64", "bfloat16", "float16"] = Field(
+        "auto", description="Model dtype; auto = bfloat16 on CUDA, float32 on CPU."
+    )
+    device: str = Field("auto", description="Torch device; auto = cuda when present, else cpu.")
+
+
+class DataOptions(_Options):
+    dataset: str = Field(
+        "",
+        description="Corpus: a `datasets` folder saved to disk, a JSONL/Parquet/CSV file at any "
+        "fsspec URL (local or s3://), or a hub dataset id.",
+    )
+    split: str = Field("train", description="Split to use for hub ids and DatasetDict folders.")
+    text_column: str = Field("text", description="Column holding each document's text.")
+    prompt_column: str | None = Field(
+        None, description="Prompt column; with --completion-column only completion tokens carry loss."
+    )
+    completion_column: str | None = Field(None, description="Completion column (see --prompt-column).")
+    id_column: str | None = Field(None, description="Column with document ids (default: row number).")
+    max_length: int = Field(512, gt=1, description="Truncate documents to this many tokens.")
+
+
+class GradientOptions(_Options):
+    projection_dim: int = Field(
+        16, ge=0, description="Per-module projection size p (p*p numbers per module); 0 keeps full gradients."
+    )
+    projection_type: Literal["rademacher", "normal"] = Field(
+        "rademacher", description="Entries of the random projection matrices."
+    )
+    projection_seed: int = Field(0, description="Seed of the projection; queries and corpus must agree.")
+    include: list[str] = Field(
+        default_factory=list, description="Glob(s) of module names to track (default: all body linears)."
+    )
+    exclude: list[str] = Field(default_factory=list, description="Glob(s) of module names to skip.")
+    include_bias: bool = Field(False, description="Track bias gradients as an extra input column of ones.")
+    loss_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="Per-document loss: sum or mean of next-token cross-entropy."
+    )
+    grad_dtype: Literal["float16", "float32"] = Field("float16", description="Stored gradient dtype.")
+    optimizer_state: str | None = Field(
+        None, description="Optimizer state whose second moments normalise every gradient (TrackStar): a "
+        "Hugging Face Trainer checkpoint folder, an optimizer .pt state_dict or a .safetensors file.",
+    )
+    normalizer: Literal["auto", "adam", "adafactor"] = Field(
+        "auto", description="How --optimizer-state normalises: Adam (elementwise) or Adafactor (factored); "
+        "auto = from the state's keys.",
+    )
+
+
+class RunOptions(_Options):
+    batch_tokens: int | None = Field(
+        None, gt=0, description="Token budget per batch (padded tokens of length-sorted documents); "
+        "default: as many as keep one batch's activations within 512 MiB on CPU (a quarter of the GPU's "
+        "memory on CUDA), measured on the model, at most 8192.",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec storage options for s3:// and other remote URLs."
+    )
+    progress: bool = Field(True, description="Show progress bars in the terminal.")
+
+
+class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):
+    """`bergson build`: compute and store per-document gradients of a corpus."""
+
+    index: str = Field(..., description="Index folder: a local path or an s3:// URL.")
+    shard_size: int = Field(1000, gt=0, description="Documents per gradient shard (one task each).")
+    overwrite: bool = Field(False, description="Delete an existing index with a different spec first.")
+
+    def spec(self) -> dict[str, Any]:
+        """Everything that changes stored bytes; its hash names and guards the index."""
+        keys = list(ModelOptions.model_fields) + list(DataOptions.model_fields)
+        keys += list(GradientOptions.model_fields) + ["shard_size"]
+        spec = {k: getattr(self, k) for k in keys if k != "device"}
+        if self.optimizer_state is None:  # absent, so indexes built before these options keep their hash
+            del spec["optimizer_state"], spec["normalizer"]
+        else:  # the bytes of the state, not its path, decide the stored gradients
+            from ..gradients.normalizers import state_fingerprint
+
+            spec["optimizer_state_sha256"] = state_fingerprint(self.optimizer_state)
+        spec["code_version"] = CODE_VERSION
+        return spec
+
+    def spec_hash(self) -> str:
+        return spec_hash(self.spec())
+
+
+class ScoreConfig(RunOptions, ModelOptions):
+    """`bergson score`: score queries against a built index and keep the top documents."""
+
+    index: str = Field(..., description="Index folder built by `bergson build` (local path or s3://).")
+    queries: str = Field(..., description="Query file or dataset (same formats as --dataset).")
+    query_text_column: str | None = Field(None, description="Query text column (default: the index's).")
+    query_prompt_column: str | None = Field(None, description="Query prompt column (default: the index's).")
+    query_completion_column: str | None = Field(
+        None, description="Query completion column (default: the index's)."
+    )
+    query_split: str = Field("train", description="Split for hub ids and DatasetDict folders of queries.")
+    top_k: int = Field(10, gt=0, description="Documents kept per query.")
+    metric: Literal["inner", "cosine"] = Field("cosine", description="Score: inner product or cosine.")
+    aggregate: Literal["individual", "mean", "max"] = Field(
+        "individual", description="Score each query, or the mean / max over all queries as one."
+    )
+    output: str | None = Field(None, description="Output folder (default: INDEX/scores/<queries-name>).")
+    block_rows: int = Field(4096, gt=0, description="Corpus rows scored per block (bounds memory).")
+    preconditioner: str | None = Field(
+        None, description="Name of a preconditioner fitted on this index (`bergson fit`), applied with the "
+        "damping and power it was fitted with: power -1 to the queries, any other power (-0.5) to both sides.",
+    )
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    blob = json.dumps(spec, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,164 @@
+"""Building an index: validate inputs, plan shards, compute and write one shard.
+
+These are plain functions so a test (or another orchestrator) can drive them without Prefect; the
+Prefect tasks in `tasks/` only add retries, caching, tags and artifacts around them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..config import CODE_VERSION, BuildConfig
+from ..data.corpus import Corpus, check_columns, load_corpus, tokenize_rows
+from ..errors import ConfigError
+from ..gradients.extract import compute_gradients, tracked_modules
+from ..model.loading import LoadedModel, load_model
+from ..model.modules import ModuleInfo
+from .store import Index
+
+_corpora: dict[str, Corpus] = {}
+_corpora_lock = threading.Lock()
+_normalizers: dict[tuple, dict] = {}
+_normalizers_lock = threading.Lock()
+
+
+def open_corpus(uri: str, split: str, storage_options: dict) -> Corpus:
+    """load_corpus with a per-process cache, so shard tasks of one run share one reader."""
+    key = json.dumps([uri, split, storage_options], sort_keys=True, default=str)
+    with _corpora_lock:
+        if key not in _corpora:
+            _corpora[key] = load_corpus(uri, split, storage_options)
+        return _corpora[key]
+
+
+def open_normalizers(cfg: BuildConfig, loaded: LoadedModel, modules: list[ModuleInfo]) -> dict | None:
+    """The --optimizer-state normalisers of `modules` (None without one), cached per process like
+    models; a state that does not fit the model raises NormalizerError (a UserError)."""
+    if not cfg.optimizer_state:
+        return None
+    from ..gradients.normalizers import load_normalizers, state_fingerprint
+
+    key = (state_fingerprint(cfg.optimizer_state), cfg.normalizer, id(loaded.model), tuple(m.name for m in modules))
+    with _normalizers_lock:
+        if key not in _normalizers:
+            _normalizers[key] = load_normalizers(cfg.optimizer_state, loaded.model, modules, cfg.normalizer)
+        return _normalizers[key]
+
+
+def check_optimizer_state(cfg: BuildConfig, meta: dict) -> None:
+    """Refuse an optimizer state whose bytes differ from the one the index was built with."""
+    want = meta["spec"].get("optimizer_state_sha256")
+    if not want:
+        return
+    from ..gradients.normalizers import state_fingerprint
+
+    if state_fingerprint(cfg.optimizer_state) != want:
+        raise ConfigError(
+            f"optimizer state {cfg.optimizer_state} changed since index {cfg.index} was built with it: "
+            "restore it or rebuild the index"
+        )
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Config plus a cheap checksum of every parameter: changes when the weights change."""
+    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            h.update(f"{name}:{tuple(p.shape)}:{p.double().sum().item():.10e}".encode())
+    return h.hexdigest()[:16]
+
+
+def check_data_columns(corpus: Corpus, text: str, prompt: str | None, completion: str | None,
+                       id_column: str | None = None) -> None:
+    """Refuse a corpus that lacks the columns the options name."""
+    if (prompt is None) != (completion is None):
+        raise ConfigError("give both --prompt-column and --completion-column, or neither")
+    if prompt is None:
+        check_columns(corpus, text)
+    else:
+        check_columns(corpus, prompt, completion)
+    check_columns(corpus, id_column)
+
+
+@dataclass
+class BuildPlan:
+    index: Index
+    meta: dict
+    shards: list[tuple[int, int, int]]  # (shard id, start row, stop row)
+
+    def missing(self) -> list[tuple[int, int, int]]:
+        return [s for s in self.shards if not self.index.has_shard(s[0])]
+
+
+def plan_shards(rows: int, shard_size: int) -> list[tuple[int, int, int]]:
+    return [(i, start, min(rows, start + shard_size)) for i, start in enumerate(range(0, rows, shard_size))]
+
+
+def index_meta(cfg: BuildConfig, modules: list[ModuleInfo], corpus: Corpus, fingerprint: str, **extra) -> dict:
+    """The contents of INDEX/index.json (besides its format tag): spec and its hash, model and
+    dataset fingerprints, module layout, dtype, shard plan, code version. The one definition, used
+    by `bergson build` and by the train-time gradient store (train/callback.py)."""
+    return {
+        "spec": cfg.spec(),
+        "spec_hash": cfg.spec_hash(),
+        "code_version": CODE_VERSION,
+        "model_fingerprint": fingerprint,
+        "dataset": {"uri": cfg.dataset, "fingerprint": corpus.fingerprint, "rows": len(corpus)},
+        "modules": [m.to_json() for m in modules],
+        "row_width": sum(m.width for m in modules),
+        "grad_dtype": cfg.grad_dtype,
+        "shard_size": cfg.shard_size,
+        "num_shards": len(plan_shards(len(corpus), cfg.shard_size)),
+        **extra,
+    }
+
+
+def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
+    """Validate model, data and options, then create (or check) index.json. Raises UserError."""
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {cfg.device} asked for but CUDA is not available: use --device cpu")
+    corpus = open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
+    check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column)
+    loaded = load_model(cfg)
+    modules = tracked_modules(loaded, cfg)
+    open_normalizers(cfg, loaded, modules)  # a state from another model is refused before anything is written
+    meta = index_meta(cfg, modules, corpus, model_fingerprint(loaded.model))
+    index = Index(cfg.index, cfg.storage_options)
+    if write:
+        index.ensure(meta, overwrite=cfg.overwrite)
+        index.remove_partial_writes()
+    else:
+        index.check(meta, overwrite=cfg.overwrite)
+    return BuildPlan(index, meta, plan_shards(len(corpus), cfg.shard_size))
+
+
+def load_for_spec(cfg: BuildConfig) -> tuple[LoadedModel, list[ModuleInfo], Corpus]:
+    loaded = load_model(cfg)
+    return loaded, tracked_modules(loaded, cfg), open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
+
+
+def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=None) -> dict:
+    """Compute and write one shard (skipped when its manifest exists). Returns its manifest
+    plus run statistics (tokens, seconds) that are reported but not stored."""
+    index = Index(cfg.index, cfg.storage_options)
+    if index.has_shard(shard):
+        return {**index.manifest(shard), "skipped": True, "seconds": 0.0}
+    t0 = time.perf_counter()
+    loaded, modules, corpus = load_for_spec(cfg)
+    docs = tokenize_rows(
+        corpus, start, stop, loaded.tokenizer, cfg.max_length,
+        cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column,
+    )
+    grads, stats = compute_gradients(loaded, modules, docs, cfg, cfg.batch_tokens, on_batch,
+                                     normalizers=open_normalizers(cfg, loaded, modules))
+    manifest = index.write_shard(
+        shard, start, [d.doc_id for d in docs], [len(d.input_ids) for d in docs], grads, cfg.grad_dtype,
+        extra={"tokens": stats.tokens, "empty_documents": stats.empty},
+    )
+    return {**manifest, "skipped": False, "seconds": time.perf_counter() - t0}

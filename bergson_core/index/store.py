@@ -1,0 +1,270 @@
+"""The gradient store: one folder per index, Arrow IPC shards, manifests written last.
+
+Layout (docs/architecture.md, "The store"):
+    <index>/index.json                 spec, fingerprints, module layout, dtype, code version
+    <index>/grads/shard-00000.arrow    uncompressed Arrow IPC file: doc_index, doc_id, num_tokens,
+                                       grad FixedSizeList<float16|float32, D>
+    <index>/grads/shard-00000.json     manifest (rows, bytes, sha256), written after the shard
+A shard without its manifest does not exist; checksums are verified on read; nothing is pickled.
+Files hold no timestamps, so a rebuilt index is byte-identical to the first one.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+import threading
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from .. import fs as fsu
+from ..errors import StoreError
+
+FORMAT = "bergson-index/1"
+INDEX_FILE = "index.json"
+GRADS_DIR = "grads"
+ARROW_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+
+_verified: set[tuple] = set()
+_verified_lock = threading.Lock()
+
+
+def shard_name(i: int) -> str:
+    """shard-00000 ... shard-99999, then shard-100000 and on (at least five digits)."""
+    return f"shard-{i:05d}"
+
+
+_SHARD_FILE = re.compile(r"^shard-(\d+)\.(?:arrow|json)$")
+
+
+def shard_number(filename: str) -> int | None:
+    """The shard number in a file name written by shard_name (any number of digits), or None."""
+    m = _SHARD_FILE.match(os.path.basename(filename))
+    return int(m.group(1)) if m else None
+
+
+def grad_schema(width: int, dtype: str) -> pa.Schema:
+    return pa.schema(
+        [
+            ("doc_index", pa.int64()),
+            ("doc_id", pa.string()),
+            ("num_tokens", pa.int32()),
+            ("grad", pa.list_(ARROW_DTYPES[dtype], width)),
+        ]
+    )
+
+
+def schema_fingerprint(schema: pa.Schema) -> str:
+    return hashlib.sha256(schema.to_string().encode()).hexdigest()[:16]
+
+
+def cache_root() -> str:
+    return os.environ.get("BERGSON_CACHE", os.path.expanduser("~/.cache/bergson"))
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Index:
+    """A gradient index at a local path or an fsspec URL."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        self.url = url.rstrip("/")
+        self.storage_options = storage_options or {}
+        self.fs, self.path = fsu.url_to_fs(self.url, self.storage_options)
+        self.local = fsu.is_local(self.fs)
+
+    # -- paths --------------------------------------------------------------------------------
+    def _p(self, *parts: str) -> str:
+        return fsu.join(self.path, *parts)
+
+    def shard_path(self, i: int) -> str:
+        return self._p(GRADS_DIR, shard_name(i) + ".arrow")
+
+    def manifest_path(self, i: int) -> str:
+        return self._p(GRADS_DIR, shard_name(i) + ".json")
+
+    # -- index.json -------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return fsu.exists(self.fs, self._p(INDEX_FILE))
+
+    def meta(self) -> dict:
+        if not self.exists():
+            raise StoreError(f"no index at {self.url}: build one with `bergson build {self.url} --model M --dataset D`")
+        meta = fsu.read_json(self.fs, self._p(INDEX_FILE))
+        if meta.get("format") != FORMAT:
+            raise StoreError(f"{self.url} is not a {FORMAT} index (format={meta.get('format')!r})")
+        return meta
+
+    def write_meta(self, meta: dict) -> None:
+        fsu.write_json(self.fs, self._p(INDEX_FILE), {"format": FORMAT, **meta})
+
+    def check(self, meta: dict, overwrite: bool = False) -> bool:
+        """True when an index with this exact spec, model and dataset is already here; raise when
+        a different one is (unless overwrite); False when there is none."""
+        if not self.exists():
+            return False
+        old = self.meta()
+        same = all(old.get(k) == meta[k] for k in ("spec_hash", "dataset", "model_fingerprint"))
+        if same or overwrite:
+            return same
+        diff = sorted(k for k in meta["spec"] if old.get("spec", {}).get(k) != meta["spec"][k])
+        what = f"options differ: {', '.join(diff)}" if diff else "the model or dataset contents differ"
+        raise StoreError(f"index {self.url} was built with a different spec ({what}): use another path or --overwrite")
+
+    def ensure(self, meta: dict, overwrite: bool = False) -> None:
+        """Create index.json, or check that an existing index was built with the same spec."""
+        if self.check(meta, overwrite):
+            return
+        if self.exists():  # overwrite of a different index
+            self.delete()
+        self.write_meta(meta)
+
+    def remove_partial_writes(self) -> int:
+        """Delete temporary files left by a writer that was killed mid-write (local only)."""
+        if not self.local:
+            return 0  # remote writes are single PUTs: nothing partial can exist
+        stale = glob.glob(os.path.join(self.path, GRADS_DIR, "*.tmp-*"))
+        for path in stale:
+            os.remove(path)
+        return len(stale)
+
+    def delete(self) -> None:
+        fsu.remove(self.fs, self.path, recursive=True)
+
+    # -- shards ------------------------------------------------------------------------------
+    def has_shard(self, i: int) -> bool:
+        return fsu.exists(self.fs, self.manifest_path(i))
+
+    def manifest(self, i: int) -> dict:
+        return fsu.read_json(self.fs, self.manifest_path(i))
+
+    def write_shard(
+        self,
+        i: int,
+        start: int,
+        doc_ids: list[str],
+        num_tokens: list[int],
+        grads: np.ndarray,
+        dtype: str,
+        extra: dict | None = None,
+    ) -> dict:
+        """Write shard i (rows start..start+n) then its manifest; return the manifest."""
+        data, schema = encode_grads(start, doc_ids, num_tokens, grads, dtype, what=f"shard {i}")
+        n = grads.shape[0]
+        fsu.write_bytes(self.fs, self.shard_path(i), data)
+        manifest = {
+            "shard": i,
+            "file": shard_name(i) + ".arrow",
+            "start": start,
+            "stop": start + n,
+            "rows": n,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "schema": schema_fingerprint(schema),
+            **(extra or {}),
+        }
+        fsu.write_json(self.fs, self.manifest_path(i), manifest)  # last: makes the shard exist
+        return manifest
+
+    def manifests(self) -> list[dict]:
+        """Manifests of all complete shards, in shard order."""
+        pattern = self._p(GRADS_DIR, "shard-*.json")
+        if not self.local:
+            self.fs.invalidate_cache(self._p(GRADS_DIR))
+        found = sorted(self.fs.glob(pattern))
+        return [fsu.read_json(self.fs, p) for p in found]
+
+    def _local_copy(self, i: int, manifest: dict) -> str:
+        """Path of a verified local file for shard i: the file itself, or a cached download."""
+        if self.local:
+            path = self.shard_path(i)
+            if not os.path.exists(path):
+                raise StoreError(f"shard {i} of {self.url} is missing its data file: rerun the build to redo it")
+        else:
+            path = os.path.join(cache_root(), "shards", manifest["sha256"] + ".arrow")
+            if not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+                self.fs.get_file(self.shard_path(i), tmp)
+                os.replace(tmp, path)
+        st = os.stat(path)
+        key = (path, manifest["sha256"], st.st_size, st.st_mtime_ns)  # a rewritten file is checked again
+        with _verified_lock:
+            if key in _verified:
+                return path
+        if _sha256_file(path) != manifest["sha256"]:
+            if not self.local:
+                os.remove(path)
+            raise StoreError(
+                f"shard {i} of {self.url} fails its checksum: delete {shard_name(i)}.json and rerun the build"
+            )
+        with _verified_lock:
+            _verified.add(key)
+        return path
+
+    def open_shard(self, i: int, manifest: dict | None = None) -> pa.Table:
+        """The shard as an Arrow table, memory-mapped from a verified local file."""
+        manifest = manifest or self.manifest(i)
+        path = self._local_copy(i, manifest)
+        with pa.memory_map(path, "r") as source:
+            table = ipc.open_file(source).read_all()
+        if table.num_rows != manifest["rows"]:
+            raise StoreError(f"shard {i} of {self.url} has {table.num_rows} rows, manifest says {manifest['rows']}")
+        return table
+
+    def iter_shards(self) -> Iterator[tuple[dict, pa.Table]]:
+        for m in self.manifests():
+            yield m, self.open_shard(m["shard"], m)
+
+
+def encode_grads(
+    start: int, doc_ids: list[str], num_tokens: list[int], grads: np.ndarray, dtype: str, what: str = "gradients"
+) -> tuple[bytes, pa.Schema]:
+    """Rows [n, D] as the bytes of an uncompressed Arrow IPC file with the gradient schema."""
+    n, width = grads.shape
+    values = grads.astype(np.float16 if dtype == "float16" else np.float32)
+    if not np.isfinite(values).all():
+        hint = " (float16 overflow: rebuild with --grad-dtype float32)" if np.isfinite(grads).all() else ""
+        raise StoreError(f"{what} has non-finite gradients{hint}")
+    schema = grad_schema(width, dtype)
+    flat = pa.array(values.reshape(-1), type=ARROW_DTYPES[dtype])
+    table = pa.table(
+        [
+            pa.array(np.arange(start, start + n, dtype=np.int64)),
+            pa.array(doc_ids, type=pa.string()),
+            pa.array(np.asarray(num_tokens, dtype=np.int32)),
+            pa.FixedSizeListArray.from_arrays(flat, width),
+        ],
+        schema=schema,
+    )
+    sink = pa.BufferOutputStream()
+    with ipc.new_file(sink, schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes(), schema
+
+
+def read_grads(url: str, storage_options: dict | None = None) -> pa.Table:
+    """Read a whole gradient file (e.g. query gradients) written with encode_grads."""
+    fs, path = fsu.url_to_fs(url, storage_options)
+    with fs.open(path, "rb") as f:
+        return ipc.open_file(pa.BufferReader(f.read())).read_all()
+
+
+def grad_matrix(table: pa.Table) -> np.ndarray:
+    """Zero-copy [rows, D] view of the shard's gradient column (a copy only when it has several
+    chunks: combine_chunks copies even a single chunk, and .values would ignore a slice offset)."""
+    col = table.column("grad")
+    arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    width = arr.type.list_size
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)

@@ -1,0 +1,33 @@
+"""The one per-document loss: next-token cross-entropy of each document, from the model's logits.
+
+Every method measures a document's loss with this function: gradient capture (gradients/capture.py),
+curvature passes (curvature/hooks.py), the trainer (train/trainer.py) and MAGIC's functional forward
+(methods/magic/metagrad.py), so "the loss of document d" means the same number everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 logits as float32 (others unchanged): what gradient capture and curvature
+    passes score, so a half-precision model's losses are summed in float32."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def document_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum",
+                    token_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token cross-entropy per document [B] from logits [B, T, V], in the logits' dtype;
+    labels == -100 carry no loss. `token_weights` [B, T] weighs the loss of predicting each
+    position's token (position 0 unused); "mean" divides by the number of counted tokens, so
+    weights of 1 change nothing."""
+    target = labels[:, 1:]  # [B, T-1]
+    tok = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none")  # [B, T-1]
+    if token_weights is not None:
+        tok = tok * token_weights[:, 1:]
+    loss = tok.sum(dim=1)
+    if reduction == "mean":
+        loss = loss / (target != -100).sum(dim=1).clamp(min=1)
+    return loss

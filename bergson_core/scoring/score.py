@@ -1,0 +1,200 @@
+"""Scoring queries against an index: query gradients with the index's own spec, then a streaming
+block matmul over the shards that keeps the top-k documents per query in bounded memory.
+
+score(q, d) = <g_q, g_d> (inner) or <g_q, g_d> / (|g_q| |g_d|) (cosine), summed over modules. A
+positive score means that upweighting d lowers the query loss, to first order.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import BuildConfig, ScoreConfig
+from ..data.corpus import tokenize_rows
+from ..errors import StoreError
+from ..gradients.extract import compute_gradients, tracked_modules
+from ..index.build import check_data_columns, check_optimizer_state, open_corpus, open_normalizers
+from ..index.store import Index, grad_matrix
+from ..model.loading import load_model
+
+
+def index_build_config(meta: dict, cfg: ScoreConfig) -> BuildConfig:
+    """The build config the index was made with, with this run's model/device overrides."""
+    spec = {k: v for k, v in meta["spec"].items() if k in BuildConfig.model_fields}
+    spec.update(index=cfg.index, device=cfg.device, storage_options=cfg.storage_options)
+    if cfg.model:
+        spec["model"] = cfg.model
+    if cfg.dtype != "auto":
+        spec["dtype"] = cfg.dtype
+    return BuildConfig(**spec)
+
+
+@dataclass
+class QueryGradients:
+    grads: np.ndarray  # [Q, D]
+    texts: list[str]
+
+
+def query_gradients(meta: dict, cfg: ScoreConfig) -> QueryGradients:
+    """Gradients of the queries with exactly the index's gradient spec; refuses a mismatch."""
+    bcfg = index_build_config(meta, cfg)
+    queries = open_corpus(cfg.queries, cfg.query_split, cfg.storage_options)
+    text_col = cfg.query_text_column or bcfg.text_column
+    prompt_col = cfg.query_prompt_column or bcfg.prompt_column
+    comp_col = cfg.query_completion_column or bcfg.completion_column
+    check_data_columns(queries, text_col, prompt_col, comp_col)
+    check_optimizer_state(bcfg, meta)
+    loaded = load_model(bcfg)
+    modules = tracked_modules(loaded, bcfg)
+    if [m.to_json() for m in modules] != meta["modules"]:
+        raise StoreError(
+            f"the query model's module layout differs from index {cfg.index}: score with the model it was built with"
+        )
+    docs = tokenize_rows(
+        queries, 0, len(queries), loaded.tokenizer, bcfg.max_length, text_col, prompt_col, comp_col, None
+    )
+    grads, _ = compute_gradients(loaded, modules, docs, bcfg, cfg.batch_tokens,
+                                 normalizers=open_normalizers(bcfg, loaded, modules))
+    texts = preview_texts(queries, list(range(len(queries))), text_col, prompt_col, comp_col)
+    return QueryGradients(grads.astype(np.float32), texts)
+
+
+def preview_texts(corpus, rows: list[int], text_col, prompt_col=None, comp_col=None, width: int = 160) -> list[str]:
+    if not rows:
+        return []
+    sub = corpus.dataset.select(rows)
+    if prompt_col and comp_col:
+        texts = [f"{p} {c}" for p, c in zip(sub[prompt_col], sub[comp_col])]
+    else:
+        texts = [str(t) for t in sub[text_col]]
+    return [t if len(t) <= width else t[: width - 1] + "…" for t in texts]
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-30)
+
+
+def prepare_queries(q: np.ndarray, metric: str, aggregate: str) -> torch.Tensor:
+    """Query rows as used in the matmul: unit-normalised for cosine, averaged for `mean`."""
+    qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+    if metric == "cosine":
+        qt = _unit(qt)
+    if aggregate == "mean":
+        qt = qt.mean(dim=0, keepdim=True)
+    return qt
+
+
+class TopK:
+    """Running top-k per row across blocks; ties broken by the lower document index."""
+
+    def __init__(self, rows: int, k: int):
+        self.k = k
+        self.scores = torch.full((rows, 0), -float("inf"))
+        self.docs = torch.zeros((rows, 0), dtype=torch.long)
+
+    def add(self, scores: torch.Tensor, first_doc: int) -> None:  # scores [R, n]
+        n = scores.shape[1]
+        if n > self.k:
+            # Pre-filter so the exact sort below sees ~k candidates per row, not the whole block. An
+            # entry strictly below its row's k-th largest block score is beaten by k entries of its
+            # own block, so it can never be in the top-k; every other entry (ties with the k-th
+            # value, NaN) is kept, so a tied document with a lower index is never dropped.
+            # topk(m), m = the most entries kept in any row, holds all of them in every row
+            # (topk ranks NaN highest, as the sort does).
+            vals, cols = scores.topk(self.k, dim=1)  # [R, k]
+            m = n - int((scores < vals[:, -1:]).sum(dim=1).min())  # >= k
+            if m < n:
+                if m > self.k:
+                    vals, cols = scores.topk(m, dim=1)
+                self._merge(vals, cols + first_doc)
+                return
+        docs = torch.arange(first_doc, first_doc + n).expand_as(scores)
+        self._merge(scores, docs)
+
+    def _merge(self, scores: torch.Tensor, docs: torch.Tensor) -> None:
+        s = torch.cat([self.scores, scores], dim=1)
+        d = torch.cat([self.docs, docs], dim=1)
+        # sort by doc index first, then stable sort by score: deterministic tie order
+        by_doc = torch.argsort(d, dim=1, stable=True)
+        s, d = s.gather(1, by_doc), d.gather(1, by_doc)
+        by_score = torch.argsort(s, dim=1, descending=True, stable=True)[:, : self.k]
+        self.scores, self.docs = s.gather(1, by_score), d.gather(1, by_score)
+
+
+class BlockDecoder:
+    """float32 copies of corpus blocks, written into one buffer reused across blocks: a fresh
+    [n, D] array per block costs page faults, and torch's copy_ converts float16 with SIMD (numpy's
+    does not). float16 -> float32 is exact, so the values are the same as np.array's."""
+
+    def __init__(self):
+        self.buf: torch.Tensor | None = None
+
+    def __call__(self, block: np.ndarray) -> torch.Tensor:  # [n, D]; valid until the next call
+        n, width = block.shape
+        if self.buf is None or self.buf.shape[1] != width or self.buf.shape[0] < n:
+            self.buf = torch.empty((n, width), dtype=torch.float32)
+        with warnings.catch_warnings():  # a read-only memory map is fine as the source of a copy
+            warnings.simplefilter("ignore", UserWarning)
+            src = torch.from_numpy(np.ascontiguousarray(block))
+        return self.buf[:n].copy_(src)
+
+
+def score_block(qt: torch.Tensor, block: np.ndarray, metric: str, aggregate: str,
+                decode: BlockDecoder | None = None) -> torch.Tensor:
+    """Scores [R, n] of prepared queries against a block of corpus rows. With `decode` the block is
+    decoded into its reused buffer (and normalised there for cosine) instead of a fresh copy."""
+    if decode is None:
+        d = torch.from_numpy(np.array(block, dtype=np.float32))  # [n, D]; a writable copy of one block
+    else:
+        d = decode(block)
+    if metric == "cosine":
+        d = d.div_(d.norm(dim=1, keepdim=True).clamp(min=1e-30))  # in place: d is our own copy; as _unit
+    s = qt @ d.T  # [R, n]
+    if aggregate == "max":
+        s = s.max(dim=0, keepdim=True).values
+    return s
+
+
+def score_index(
+    index: Index,
+    q: np.ndarray,
+    metric: str,
+    aggregate: str,
+    top_k: int,
+    block_rows: int,
+    on_shard: Callable[[dict], None] | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    doc_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores [R, k], doc indices [R, k]) of every query over all shards of the index.
+
+    `transform` maps the query rows [Q, D] and `doc_transform` each block of corpus rows [n, D]
+    before scoring (e.g. a preconditioner: H^-1 on the queries, or H^-1/2 on both sides)."""
+    meta = index.meta()
+    manifests = index.manifests()
+    if len(manifests) != meta["num_shards"]:
+        raise StoreError(
+            f"index {index.url} is incomplete ({len(manifests)}/{meta['num_shards']} shards): rerun `bergson build`"
+        )
+    if q.shape[1] != meta["row_width"]:
+        raise StoreError(f"query gradients have {q.shape[1]} columns, index {index.url} has {meta['row_width']}")
+    qt = prepare_queries(q if transform is None else transform(q), metric, aggregate)
+    rows = 1 if aggregate in ("mean", "max") else qt.shape[0]
+    top = TopK(rows, top_k)
+    decode = BlockDecoder()
+    for manifest in manifests:
+        table = index.open_shard(manifest["shard"], manifest)
+        grads = grad_matrix(table)
+        for lo in range(0, grads.shape[0], block_rows):
+            block = grads[lo : lo + block_rows]  # [n, D]
+            if doc_transform is not None:
+                block = doc_transform(np.asarray(block, dtype=np.float32))
+            top.add(score_block(qt, block, metric, aggregate, decode), manifest["start"] + lo)
+        if on_shard:
+            on_shard(manifest)
+    return top.scores.numpy(), top.docs.numpy()
