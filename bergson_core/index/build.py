@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..gradients.extract import compute_gradients, tracked_modules
 from ..model.loading import LoadedModel, load_model
 from ..model.modules import ModuleInfo
+from .stamps import source_stamps
 from .store import Index
 
 _corpora: dict[str, Corpus] = {}
@@ -128,7 +129,8 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
     loaded = load_model(cfg)
     modules = tracked_modules(loaded, cfg)
     open_normalizers(cfg, loaded, modules)  # a state from another model is refused before anything is written
-    meta = index_meta(cfg, modules, corpus, model_fingerprint(loaded.model))
+    # stamps of the input files: a rerun with nothing to do can tell without loading anything
+    meta = index_meta(cfg, modules, corpus, model_fingerprint(loaded.model), source_stamps=source_stamps(cfg))
     index = Index(cfg.index, cfg.storage_options)
     if write:
         index.ensure(meta, overwrite=cfg.overwrite)

@@ -177,6 +177,22 @@ class Index:
         fsu.write_json(self.fs, self.manifest_path(i), manifest)  # last: makes the shard exist
         return manifest
 
+    def shard_file_sizes(self) -> dict[int, int]:
+        """Size in bytes of every shard data file present, by shard number (one listing)."""
+        folder = self._p(GRADS_DIR)
+        if not self.local:
+            self.fs.invalidate_cache(folder)
+        try:
+            infos = self.fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for info in infos:
+            name = info["name"]
+            if name.endswith(".arrow") and (n := shard_number(name)) is not None:
+                out[n] = info.get("size")
+        return out
+
     def manifests(self) -> list[dict]:
         """Manifests of all complete shards, in shard order."""
         pattern = self._p(GRADS_DIR, "shard-*.json")

@@ -16,7 +16,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from .. import render
 
-    render.build_summary(run_build(build_config(BuildConfig, args)))
+    result = run_build(build_config(BuildConfig, args))
+    if result.get("nothing_to_do"):
+        render.console.print(f"index {result['index']} is complete ({result['shards']} shards, "
+                             f"{result['documents']:,} documents) and its inputs are unchanged: nothing to do")
+        return 0
+    render.build_summary(result)
     return 0
 
 
@@ -28,6 +33,12 @@ def _embedded_api() -> bool:
 
 
 def run_build(cfg: BuildConfig) -> dict:
+    from bergson_core.index.stamps import nothing_to_do
+
+    done = nothing_to_do(cfg)  # every shard there, inputs unchanged: no model load, no Prefect start
+    if done is not None:
+        return done
+
     def preload():  # imports torch inside the thread, so the API server starts first
         from bergson_core.index.build import prepare_build
 
