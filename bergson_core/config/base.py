@@ -84,7 +84,7 @@ class GradientOptions(_Options):
 class RunOptions(_Options):
     batch_tokens: int | None = Field(
         None, gt=0, description="Token budget per batch (padded tokens of length-sorted documents); "
-        "default: as many as keep one batch's activations within 512 MiB on CPU (a quarter of the GPU's "
+        "default: as many as keep one batch's activations within 256 MiB on CPU (a quarter of the GPU's "
         "memory on CUDA), measured on the model, at most 8192.",
     )
     storage_options: dict[str, Any] = Field(
@@ -99,6 +99,10 @@ class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):
     index: str = Field(..., description="Index folder: a local path or an s3:// URL.")
     shard_size: int = Field(1000, gt=0, description="Documents per gradient shard (one task each).")
     overwrite: bool = Field(False, description="Delete an existing index with a different spec first.")
+    devices: str = Field(
+        "auto", description="Model replicas that compute shards at once: auto (every visible CUDA device, "
+        "or on CPU one replica per core, at most 4, sharing the weights), cuda:0,cuda:1, or cpu:N.",
+    )
 
     def spec(self) -> dict[str, Any]:
         """Everything that changes stored bytes; its hash names and guards the index."""

@@ -19,7 +19,7 @@ import torch
 from ..model.head_loss import has_plain_head, hooked_losses
 
 MAX_AUTO_TOKENS = 8192  # never more than the old fixed budget
-CPU_BUDGET = 2**29  # bytes of saved activations per batch on CPU (512 MiB)
+CPU_BUDGET = 2**28  # bytes of saved activations per batch and replica on CPU (256 MiB)
 CUDA_BUDGET_FRACTION = 0.25  # of the device's total memory
 
 _measured: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()

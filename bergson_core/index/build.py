@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..gradients.extract import compute_gradients, tracked_modules
 from ..model.loading import LoadedModel, load_model
 from ..model.modules import ModuleInfo
+from ..model.replicas import replica_pool
 from .stamps import source_stamps
 from .store import Index
 
@@ -152,13 +153,15 @@ def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=No
     if index.has_shard(shard):
         return {**index.manifest(shard), "skipped": True, "seconds": 0.0}
     t0 = time.perf_counter()
-    loaded, modules, corpus = load_for_spec(cfg)
-    docs = tokenize_rows(
-        corpus, start, stop, loaded.tokenizer, cfg.max_length,
-        cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column,
-    )
-    grads, stats = compute_gradients(loaded, modules, docs, cfg, cfg.batch_tokens, on_batch,
-                                     normalizers=open_normalizers(cfg, loaded, modules))
+    corpus = open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
+    with replica_pool(cfg).take() as loaded:  # a free model replica (one per --devices entry)
+        modules = tracked_modules(loaded, cfg)
+        docs = tokenize_rows(
+            corpus, start, stop, loaded.tokenizer, cfg.max_length,
+            cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column,
+        )
+        grads, stats = compute_gradients(loaded, modules, docs, cfg, cfg.batch_tokens, on_batch,
+                                         normalizers=open_normalizers(cfg, loaded, modules))
     manifest = index.write_shard(
         shard, start, [d.doc_id for d in docs], [len(d.input_ids) for d in docs], grads, cfg.grad_dtype,
         extra={"tokens": stats.tokens, "empty_documents": stats.empty},

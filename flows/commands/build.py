@@ -55,32 +55,38 @@ def run_build(cfg: BuildConfig) -> dict:
     return count_head_start(build_index(cfg), first)
 
 
-def head_start(cfg: BuildConfig, plan) -> dict | None:
+def head_start(cfg: BuildConfig, plan) -> list[dict]:
+    """Compute the first missing shards, one per model replica, exactly as their tasks would."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from bergson_core.index.build import build_shard
+    from bergson_core.model.replicas import replica_pool
     from tasks import progress
 
-    missing = plan.missing()
-    if not missing:
-        return None
-    shard, start, stop = missing[0]
-    progress.start(stop - start, "extracting (first shard, while Prefect starts)", cfg.progress)
+    first = plan.missing()[: len(replica_pool(cfg))]
+    if not first:
+        return []
+    progress.start(sum(stop - start for _, start, stop in first), "extracting (while Prefect starts)", cfg.progress)
     try:
-        return build_shard(cfg, shard, start, stop, on_batch=progress.advance)
+        with ThreadPoolExecutor(len(first)) as pool:
+            jobs = [pool.submit(build_shard, cfg, shard, start, stop, progress.advance) for shard, start, stop in first]
+            return [job.result() for job in jobs]
     finally:
         progress.close()
 
 
-def count_head_start(summary: dict, first: dict | None) -> dict:
-    """The flow saw the head-start shard as already there: count it as computed by this run."""
-    if not first or first.get("skipped"):
+def count_head_start(summary: dict, first: list[dict] | None) -> dict:
+    """The flow saw the head-start shards as already there: count them as computed by this run."""
+    done = [r for r in first or [] if not r.get("skipped")]
+    if not done:
         return summary
     out = dict(summary)
     tps = summary.get("tokens_per_second") or 0.0
-    busy = (summary.get("tokens", 0) / tps if tps else 0.0) + first.get("seconds", 0.0)  # extraction seconds
-    out["shards_computed"] += 1
-    out["shards_skipped"] -= 1
+    busy = (summary.get("tokens", 0) / tps if tps else 0.0) + sum(r.get("seconds", 0.0) for r in done)
+    out["shards_computed"] += len(done)
+    out["shards_skipped"] -= len(done)
     for key in ("tokens", "bytes", "empty_documents"):
-        out[key] = out.get(key, 0) + first.get(key, 0)
-    out["seconds"] = out.get("seconds", 0.0) + first.get("seconds", 0.0)
+        out[key] = out.get(key, 0) + sum(r.get(key, 0) for r in done)
+    out["seconds"] = out.get("seconds", 0.0) + max(r.get("seconds", 0.0) for r in done)
     out["tokens_per_second"] = out["tokens"] / busy if busy else 0.0
     return out
