@@ -29,7 +29,7 @@ class RunnerSettings(BaseSettings):
         "threads", description="Task runner of the shard fan-out: threads, dask or ray."
     )
     max_workers: int | None = Field(
-        None, gt=0, description="Threads of the thread-pool runner (default: Prefect's setting)."
+        None, gt=0, description="Threads of the thread-pool runner (default: the usable cores, at least 4)."
     )
     dask_address: str | None = Field(
         None, description="Address of a running Dask scheduler; unset = start a LocalCluster."
@@ -42,6 +42,18 @@ class RunnerSettings(BaseSettings):
     ray_address: str | None = Field(None, description="Address of a running Ray cluster; unset = local Ray.")
 
 
+def default_threads() -> int:
+    """Threads of the default thread-pool runner: the usable cores, at least 4 (shard tasks only
+    compute while they hold one of the few model replicas; more threads would just wait)."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(4, cores)
+
+
 def task_runner(settings: RunnerSettings | None = None):
     """A Prefect task runner built from the settings (default: from the environment)."""
     try:
@@ -51,7 +63,9 @@ def task_runner(settings: RunnerSettings | None = None):
     if s.task_runner == "threads":
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        return ThreadPoolTaskRunner(max_workers=s.max_workers)
+        # bounded by default: every thread that ran a shard keeps its own malloc arena with that
+        # shard's freed batch memory, so one thread per shard made peak memory grow with the corpus
+        return ThreadPoolTaskRunner(max_workers=s.max_workers or default_threads())
     if s.task_runner == "dask":
         return _dask_runner(s)
     return _ray_runner(s)
