@@ -86,14 +86,31 @@ def check_data_columns(corpus: Corpus, text: str, prompt: str | None, completion
     check_columns(corpus, id_column)
 
 
+def checksum_skipped(cfg: BuildConfig, index: Index) -> bool:
+    """Whether a build checksums the shards it skips: --verify, else yes for local stores only
+    (a remote checksum downloads every shard)."""
+    return index.local if cfg.verify is None else cfg.verify
+
+
 @dataclass
 class BuildPlan:
     index: Index
     meta: dict
     shards: list[tuple[int, int, int]]  # (shard id, start row, stop row)
+    checksum: bool = True
+    bad: dict[int, str] | None = None  # shards found untrustworthy by missing(): id -> why
 
     def missing(self) -> list[tuple[int, int, int]]:
-        return [s for s in self.shards if not self.index.has_shard(s[0])]
+        """Shards without a manifest, or whose manifest fails verification (they are redone)."""
+        self.bad = {}
+        out = []
+        for s in self.shards:
+            if not self.index.has_shard(s[0]):
+                out.append(s)
+            elif (why := self.index.verify_shard(s[0], self.checksum)) is not None:
+                self.bad[s[0]] = why
+                out.append(s)
+        return out
 
 
 def plan_shards(rows: int, shard_size: int) -> list[tuple[int, int, int]]:
@@ -127,7 +144,7 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
         index.remove_partial_writes()
     else:
         index.check(meta, overwrite=cfg.overwrite)
-    return BuildPlan(index, meta, plan_shards(len(corpus), cfg.shard_size))
+    return BuildPlan(index, meta, plan_shards(len(corpus), cfg.shard_size), checksum_skipped(cfg, index))
 
 
 def load_for_spec(cfg: BuildConfig) -> tuple[LoadedModel, list[ModuleInfo], Corpus]:
@@ -139,8 +156,12 @@ def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=No
     """Compute and write one shard (skipped when its manifest exists). Returns its manifest
     plus run statistics (tokens, seconds) that are reported but not stored."""
     index = Index(cfg.index, cfg.storage_options)
+    spec_hash = cfg.spec_hash()
+    redo = None  # why an existing shard is recomputed
     if index.has_shard(shard):
-        return {**index.manifest(shard), "skipped": True, "seconds": 0.0}
+        redo = index.verify_shard(shard, checksum_skipped(cfg, index))
+        if redo is None:
+            return {**index.manifest(shard), "skipped": True, "seconds": 0.0}
     t0 = time.perf_counter()
     loaded, modules, corpus = load_for_spec(cfg)
     docs = tokenize_rows(
@@ -151,6 +172,7 @@ def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=No
                                      normalizers=open_normalizers(cfg, loaded, modules))
     manifest = index.write_shard(
         shard, start, [d.doc_id for d in docs], [len(d.input_ids) for d in docs], grads, cfg.grad_dtype,
-        extra={"tokens": stats.tokens, "empty_documents": stats.empty},
+        extra={"tokens": stats.tokens, "empty_documents": stats.empty}, spec_hash=spec_hash,
     )
-    return {**manifest, "skipped": False, "seconds": time.perf_counter() - t0}
+    out = {**manifest, "skipped": False, "seconds": time.perf_counter() - t0}
+    return {**out, "recomputed": redo} if redo else out

@@ -97,6 +97,10 @@ class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):
     index: str = Field(..., description="Index folder: a local path or an s3:// URL.")
     shard_size: int = Field(1000, gt=0, description="Documents per gradient shard (one task each).")
     overwrite: bool = Field(False, description="Delete an existing index with a different spec first.")
+    verify: bool | None = Field(
+        None, description="Checksum the shards a rerun skips (a corrupt one is recomputed); sizes are always "
+        "checked. Default: on for local indexes, off for remote ones (a checksum downloads every shard).",
+    )
 
     def spec(self) -> dict[str, Any]:
         """Everything that changes stored bytes; its hash names and guards the index."""

@@ -15,6 +15,8 @@ def build_summary(result: dict) -> None:
         v = result.get(key)
         t.add_row(key.replace("_", " "), f"{v:,.1f}" if isinstance(v, float) else f"{v:,}")
     console.print(t)
+    for shard, why in (result.get("shards_recomputed") or {}).items():
+        console.print(f"[yellow]warning:[/] shard {shard} failed verification ({why}) and was recomputed")
     if result.get("empty_documents"):
         console.print(f"[yellow]warning:[/] {result['empty_documents']} documents had fewer than 2 tokens "
                       "(or no loss tokens) and were stored as zero rows")

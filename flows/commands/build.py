@@ -28,9 +28,18 @@ def _embedded_api() -> bool:
 
 
 def run_build(cfg: BuildConfig) -> dict:
+    import contextlib
+
+    with contextlib.ExitStack() as held:  # the index's lease, held until the flow (which joins it) ends
+        return _run_build(cfg, held)
+
+
+def _run_build(cfg: BuildConfig, held) -> dict:
     def preload():  # imports torch inside the thread, so the API server starts first
         from bergson_core.build import prepare_build
+        from bergson_core.lease import hold
 
+        held.enter_context(hold(cfg.index, cfg.storage_options))  # before anything is written
         if not _embedded_api():
             prepare_build(cfg, write=False)  # a server is up already: the flow does all the work
             return None
@@ -64,6 +73,8 @@ def count_head_start(summary: dict, first: dict | None) -> dict:
     if not first or first.get("skipped"):
         return summary
     out = dict(summary)
+    if first.get("recomputed"):
+        out["shards_recomputed"] = {**summary.get("shards_recomputed", {}), first["shard"]: first["recomputed"]}
     tps = summary.get("tokens_per_second") or 0.0
     busy = (summary.get("tokens", 0) / tps if tps else 0.0) + first.get("seconds", 0.0)  # extraction seconds
     out["shards_computed"] += 1
