@@ -30,11 +30,22 @@ _normalizers_lock = threading.Lock()
 
 def open_corpus(uri: str, split: str, storage_options: dict) -> Corpus:
     """load_corpus with a per-process cache, so shard tasks of one run share one reader."""
-    key = json.dumps([uri, split, storage_options], sort_keys=True, default=str)
+    key = json.dumps([uri, split, storage_options, _local_stamp(uri)], sort_keys=True, default=str)
     with _corpora_lock:
         if key not in _corpora:
             _corpora[key] = load_corpus(uri, split, storage_options)
         return _corpora[key]
+
+
+def _local_stamp(uri: str) -> list | None:
+    """Size and mtime of a local corpus file: a file changed since it was cached is read again."""
+    import os
+
+    try:
+        st = os.stat(uri)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def open_normalizers(cfg: BuildConfig, loaded: LoadedModel, modules: list[ModuleInfo]) -> dict | None:

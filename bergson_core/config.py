@@ -138,6 +138,10 @@ class ScoreConfig(RunOptions, ModelOptions):
     )
     output: str | None = Field(None, description="Output folder (default: INDEX/scores/<queries-name>).")
     block_rows: int = Field(4096, gt=0, description="Corpus rows scored per block (bounds memory).")
+    allow_model_mismatch: bool = Field(
+        False, description="Score even when the query model's weights differ from the index's model (e.g. a "
+        "checkpoint of the same run); the output says so. Without it such a score is refused.",
+    )
     preconditioner: str | None = Field(
         None, description="Name of a preconditioner fitted on this index (`bergson fit`), applied with the "
         "damping and power it was fitted with: power -1 to the queries, any other power (-0.5) to both sides.",

@@ -144,6 +144,11 @@ class Doc:
         return sum(1 for t in self.labels[1:] if t != -100)
 
 
+def _text(value) -> str:
+    """A cell as text: a null is empty (no loss tokens), never the word "None"."""
+    return "" if value is None else str(value)
+
+
 def tokenize_rows(
     corpus: Corpus,
     start: int,
@@ -161,14 +166,14 @@ def tokenize_rows(
     ids = rows[id_column] if id_column else [str(start + i) for i in range(n)]
     docs = []
     if prompt_column and completion_column:
-        prompts = tokenizer(list(map(str, rows[prompt_column])))["input_ids"]
-        comps = tokenizer(list(map(str, rows[completion_column])), add_special_tokens=False)["input_ids"]
+        prompts = tokenizer(list(map(_text, rows[prompt_column])))["input_ids"]
+        comps = tokenizer(list(map(_text, rows[completion_column])), add_special_tokens=False)["input_ids"]
         for i, (p, c) in enumerate(zip(prompts, comps)):
             tok = (p + c)[:max_length]
             lab = ([-100] * len(p) + c)[:max_length]
             docs.append(Doc(start + i, str(ids[i]), tok, lab))
     else:
-        texts = tokenizer(list(map(str, rows[text_column])))["input_ids"]
+        texts = tokenizer(list(map(_text, rows[text_column])))["input_ids"]
         for i, tok in enumerate(texts):
             tok = tok[:max_length]
             docs.append(Doc(start + i, str(ids[i]), tok, list(tok)))

@@ -18,8 +18,9 @@ from . import fs as fsu
 from .build import open_corpus
 from .config import ScoreConfig
 from .errors import StoreError
+from .guards import check_index_ready, check_query_model, corpus_for_texts, store_doc_ids
 from .results import TOPK_FILE, topk_table, write_table
-from .scoring import query_gradients, score_index
+from .scoring import query_gradients, query_model_fingerprint, score_index
 from .store import Index, encode_grads, grad_matrix, read_grads
 
 QUERY_GRADS = "query_grads.arrow"
@@ -46,11 +47,17 @@ def _query_key(meta: dict, cfg: ScoreConfig) -> dict:
 
 
 def ensure_query_gradients(cfg: ScoreConfig) -> dict:
-    """Compute (or reuse) the query gradients; returns their manifest."""
-    meta = Index(cfg.index, cfg.storage_options).meta()
+    """Compute (or reuse) the query gradients; returns their manifest. An incomplete or corrupt
+    index, or a query model other than the index's, is refused first."""
+    index = Index(cfg.index, cfg.storage_options)
+    meta = check_index_ready(index, checksum=index.local)
     out = output_url(cfg)
     fs, path = fsu.url_to_fs(out, cfg.storage_options)
+    if fsu.is_local(fs) and os.path.isfile(path):
+        raise StoreError(f"--output {out} is an existing file, not a folder: pass a folder path")
     key = _query_key(meta, cfg)
+    key["query_model_fingerprint"] = query_model_fingerprint(meta, cfg)  # weights changed in place: not reused
+    check_query_model(meta, key["query_model_fingerprint"], cfg.allow_model_mismatch, cfg.index)
     manifest_path = fsu.join(path, QUERY_MANIFEST)
     if fsu.exists(fs, manifest_path):
         old = fsu.read_json(fs, manifest_path)
@@ -61,7 +68,8 @@ def ensure_query_gradients(cfg: ScoreConfig) -> dict:
     n = qg.grads.shape[0]
     data, _ = encode_grads(0, [str(i) for i in range(n)], [0] * n, qg.grads, "float32", what="query gradients")
     fsu.write_bytes(fs, fsu.join(path, QUERY_GRADS), data)
-    manifest = {"key": key, "rows": n, "sha256": hashlib.sha256(data).hexdigest(), "texts": qg.texts}
+    manifest = {"key": key, "rows": n, "sha256": hashlib.sha256(data).hexdigest(), "texts": qg.texts,
+                "model_warning": qg.model_warning}
     fsu.write_json(fs, manifest_path, manifest)  # last
     return {**manifest, "reused": False, "seconds": time.perf_counter() - t0}
 
@@ -119,8 +127,12 @@ def run_topk(cfg: ScoreConfig, on_shard=None, transform=None, doc_transform=None
     )
     seconds = time.perf_counter() - t0
     spec = meta["spec"]
-    corpus = open_corpus(spec["dataset"], spec["split"], cfg.storage_options)
-    table = topk_table(scores, docs, corpus, spec, aggregated=cfg.aggregate != "individual")
+    corpus, corpus_warning = corpus_for_texts(meta, cfg.storage_options)  # reordered corpus: no wrong texts
+    ids = store_doc_ids(index, [int(d) for d in docs[np.isfinite(scores)]])
+    table = topk_table(scores, docs, corpus, spec, aggregated=cfg.aggregate != "individual", doc_ids=ids)
+    warnings = [w for w in (qman.get("model_warning"), corpus_warning) if w]
+    if warnings:  # the file says so too, not only the terminal
+        table = table.replace_schema_metadata({"bergson.warnings": "\n".join(warnings)})
     out = output_url(cfg)
     write_table(table, fsu.join(out, TOPK_FILE), cfg.storage_options)
     return {
@@ -130,5 +142,6 @@ def run_topk(cfg: ScoreConfig, on_shard=None, transform=None, doc_transform=None
         "documents": meta["dataset"]["rows"],
         "seconds": seconds,
         "preconditioner": precond,
+        "warnings": warnings,
         "rows": table.to_pylist(),
     }
