@@ -17,6 +17,7 @@ import torch
 from .config import CODE_VERSION, BuildConfig
 from .data import Corpus, check_columns, load_corpus, tokenize_rows
 from .errors import ConfigError
+from .guards import check_row_size
 from .extract import compute_gradients, tracked_modules
 from .models import LoadedModel, load_model
 from .modules import ModuleInfo
@@ -136,6 +137,8 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
     check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column)
     loaded = load_model(cfg)
     modules = tracked_modules(loaded, cfg)
+    check_row_size(sum(m.width for m in modules), min(cfg.shard_size, len(corpus)), cfg.grad_dtype,
+                   cfg.projection_dim, len(modules))  # before any allocation or index.json
     open_normalizers(cfg, loaded, modules)  # a state from another model is refused before anything is written
     meta = {
         "spec": cfg.spec(),

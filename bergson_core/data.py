@@ -39,7 +39,12 @@ def _format_of(uri: str) -> str | None:
 
 def _read_jsonl(raw: bytes, uri: str) -> pa.Table:
     rows = []
-    for lineno, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{uri} is not UTF-8 text (byte {e.start} is 0x{raw[e.start]:02x}; a binary file?): "
+                         "give a JSONL file") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -75,8 +80,10 @@ def _read_file(uri: str, fmt: str, storage_options: dict) -> tuple[pa.Table, str
             table = pq.read_table(pa.BufferReader(raw))
         else:
             table = pacsv.read_csv(pa.BufferReader(raw))
-    except pa.ArrowInvalid as e:
-        raise InputError(f"could not read {uri!r} as {fmt}: {str(e).splitlines()[0]}") from e
+    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = "".join(c if c.isprintable() else "?" for c in first)[:160]  # a binary file's bytes stay out
+        raise InputError(f"could not read {uri!r} as {fmt}: {first}") from None
     return table, stamp
 
 
@@ -104,6 +111,9 @@ def load_corpus(uri: str, split: str = "train", storage_options: dict | None = N
                 raise InputError(f"split {split!r} not in {uri!r} (splits: {', '.join(ds)}): pass --split")
             ds = ds[split]
         stamp = ds._fingerprint
+    elif os.path.isfile(uri):  # it exists, so "not found" would mislead
+        raise InputError(f"dataset {uri!r} is a file of an unknown format: give a .jsonl, .parquet or .csv file "
+                         "(named so), or a save_to_disk folder")
     elif "://" in uri or uri.startswith(("/", ".")) or os.path.sep in uri and uri.count("/") > 1:
         raise InputError(
             f"dataset {uri!r} not found: pass a .jsonl/.parquet/.csv file, a save_to_disk folder or a hub id"

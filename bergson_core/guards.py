@@ -4,6 +4,8 @@ whole before any query gradient is computed."""
 
 from __future__ import annotations
 
+import os
+
 from .errors import InputError, StoreError, UserError
 from .store import Index
 
@@ -76,3 +78,31 @@ def check_index_ready(index: Index, checksum: bool) -> dict:
             raise StoreError(f"shard {m['shard']} of index {index.url} is corrupt ({why}): rerun `bergson build` "
                              "to recompute it")
     return meta
+
+
+ARROW_MAX_LIST = 2**31 - 1  # Arrow's FixedSizeList length is an int32
+
+
+def available_memory() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_row_size(row_width: int, rows: int, grad_dtype: str, projection_dim: int, modules: int) -> None:
+    """Refuse a projection whose rows cannot be stored or whose shard cannot be held in memory,
+    before anything is allocated or written."""
+    from .errors import ConfigError
+
+    need = rows * row_width * (4 + (2 if grad_dtype == "float16" else 4))  # float32 rows + encoded copy
+    have = available_memory()
+    if row_width > ARROW_MAX_LIST or need > have:
+        raise ConfigError(
+            f"--projection-dim {projection_dim} gives {row_width:,} numbers per document ({modules} modules): a shard "
+            f"of {rows:,} documents needs {need / 2**30:,.1f} GiB, "
+            + (f"more than the {have / 2**30:,.1f} GiB of memory available" if need > have
+               else f"and a row may hold at most {ARROW_MAX_LIST:,} numbers")
+            + ": lower --projection-dim (or --shard-size)")

@@ -198,8 +198,10 @@ class Lease:
 
 
 def _precondition_failed(exc: BaseException) -> bool:
+    """s3fs reports a failed If-None-Match as FileExistsError and a failed If-Match as an OSError."""
     text = f"{type(exc).__name__} {exc}"
-    return "PreconditionFailed" in text or "412" in text or "ConditionalRequestConflict" in text
+    return isinstance(exc, FileExistsError) or any(
+        t in text for t in ("PreconditionFailed", "pre-conditions", "412", "ConditionalRequestConflict"))
 
 
 _held: dict[str, Lease] = {}

@@ -20,8 +20,8 @@ TRANSIENT = (TransientError, ConnectionError, TimeoutError)
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, UserError):
-        return False
+    if isinstance(exc, (UserError, FileNotFoundError, FileExistsError, PermissionError)):
+        return False  # a missing bucket or file, or denied access: retrying cannot fix it
     if isinstance(exc, TRANSIENT):
         return True
     # botocore/aiohttp faults surface as OSError subclasses or carry these names

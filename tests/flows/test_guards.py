@@ -177,3 +177,50 @@ def test_second_build_into_a_busy_index_is_refused(run_cli, prefect_api, workspa
                  if f.endswith(".json")]
     assert len(manifests) == 24 and {m["spec_hash"] for m in manifests} == {meta["spec_hash"]}
     assert not (index / "lease.json").exists()  # given back at the end
+
+
+def _one_line(proc, *needles) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    assert len(lines) == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    (tmp_path / "blob.jsonl").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "data.bin").write_bytes(b"\x00\x01\x02")
+    (tmp_path / "a-file").write_text("not a folder")
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "index.json").write_text("{\x00 not json")
+    return tmp_path
+
+
+@pytest.mark.parametrize("case, args, needles", [
+    ("binary dataset", ["--dataset", "{d}/blob.jsonl"], ["not UTF-8 text"]),
+    (".bin dataset", ["--dataset", "{d}/data.bin"], ["unknown format"]),
+    ("index is a file", ["{d}/a-file"], ["is an existing file"]),
+    ("garbage index.json", ["{d}/garbage"], ["unreadable", "--overwrite"]),
+    ("huge projection", ["--projection-dim", "200000"], ["--projection-dim 200000", "lower --projection-dim"]),
+])
+def test_bad_input_is_one_line_and_writes_nothing(run_cli, workspace, bad_files, case, args, needles):
+    args = [a.format(d=bad_files) for a in args]
+    index = args.pop(0) if not args[0].startswith("--") else str(bad_files / "idx")
+    proc = run_cli("build", index, "--model", workspace["model"], "--dataset", workspace["corpus"], *args)
+    _one_line(proc, *needles)
+    assert not os.path.exists(bad_files / "idx" / "index.json")
+    if case == "garbage index.json":  # and --overwrite replaces it
+        ok = run_cli("build", index, "--model", workspace["model"], "--dataset", workspace["corpus"],
+                     "--projection-dim", "2", "--overwrite", "--no-progress")
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads((bad_files / "garbage" / "index.json").read_text())["num_shards"] == 1
+
+
+def test_score_against_a_corrupt_index_is_one_line(run_cli, workspace, built, tmp_path):
+    os.remove(Index(built.index).manifest_path(1))
+    proc = run_cli("score", built.index, "--queries", workspace["queries"], "--output", tmp_path / "s")
+    _one_line(proc, "incomplete", "missing 1")
+    assert not os.path.exists(tmp_path / "s")

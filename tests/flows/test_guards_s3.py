@@ -1,0 +1,99 @@
+"""Issue 12 on an object store: the lease's conditional writes on S3, outages ridden out within a
+retry budget and then one line naming the endpoint, a missing bucket refused at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from bergson_core import lease as L
+from bergson_core.config import BuildConfig
+from bergson_core.errors import StoreError, StoreUnavailable
+from bergson_core.store import Index
+
+from .outage import S3Outage
+
+
+@pytest.fixture(scope="module")
+def s3():
+    outage = S3Outage()
+    yield outage
+    outage.stop()
+
+
+@pytest.fixture
+def fast_fail(s3):
+    """s3fs's own retries off, so the outer retry budget is what is tested."""
+    return {**s3.options, "config_kwargs": {"retries": {"max_attempts": 1}}}
+
+
+def test_lease_on_s3_uses_conditional_writes(s3):
+    ix = Index("s3://bergson-test/leased", s3.options)
+    first = L.Lease(ix, "run-1")
+    first.acquire()
+    with pytest.raises(L.IndexBusyError, match="run-1"):
+        L.Lease(Index(ix.url, s3.options), "run-2").acquire()
+    # an If-Match with a stale etag loses: nobody overwrites a lease they did not read
+    rec, token = first._read()
+    first.beat()
+    assert first._replace(b'{"run_id": "late"}', token) is False
+    assert json.loads(ix.fs.cat_file(first.path))["run_id"] == "run-1"
+    first.release()
+    stale = {"run_id": "gone", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 600, "ttl": 60}
+    ix.fs.pipe_file(first.path, json.dumps(stale).encode())
+    taker = L.Lease(Index(ix.url, s3.options), "run-3")
+    taker.acquire()
+    assert json.loads(ix.fs.cat_file(first.path))["run_id"] == "run-3"
+    taker.release()
+
+
+def test_missing_bucket_fails_at_once_with_one_line(s3, monkeypatch):
+    monkeypatch.setenv("BERGSON_STORE_RETRY_SECONDS", "120")
+    t0 = time.monotonic()
+    with pytest.raises(StoreError, match="bucket 'no-such-bucket' does not exist at http://127.0.0.1"):
+        L.Lease(Index("s3://no-such-bucket/idx", s3.options)).acquire()
+    assert time.monotonic() - t0 < 10  # not retried as transient
+
+
+def test_short_outage_is_ridden_out(prefect_api, workspace, s3, fast_fail, tmp_path, monkeypatch):
+    from flows.build import build_index
+
+    monkeypatch.setenv("BERGSON_CACHE", str(tmp_path / "cache"))
+    common = dict(model=workspace["model"], dataset=workspace["corpus"], shard_size=6, projection_dim=4,
+                  grad_dtype="float32", progress=False)
+    s3.proxy.down()
+    threading.Timer(6.0, s3.proxy.up).start()  # longer than one attempt, far shorter than the budget
+    t0 = time.monotonic()
+    out = build_index(BuildConfig(index="s3://bergson-test/outage", storage_options=fast_fail, **common))
+    assert time.monotonic() - t0 > 5.5 and out["shards_computed"] == 4
+    local = tmp_path / "local"
+    build_index(BuildConfig(index=str(local), **common))
+    fs = Index("s3://bergson-test/outage", fast_fail).fs
+    for name in sorted(os.listdir(local / "grads")):
+        assert fs.cat_file(f"bergson-test/outage/grads/{name}") == (local / "grads" / name).read_bytes()
+
+
+def test_long_outage_gives_up_with_one_line_naming_the_endpoint(run_cli, workspace, s3, fast_fail, tmp_path):
+    s3.proxy.down()
+    try:
+        proc = run_cli("build", "s3://bergson-test/long", "--model", workspace["model"], "--dataset",
+                       workspace["corpus"], "--storage-options", json.dumps(fast_fail), "--no-progress",
+                       env_extra={"BERGSON_STORE_RETRY_SECONDS": "3"})
+    finally:
+        s3.proxy.up()
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    assert s3.endpoint in lines[0] and "rerunning resumes" in lines[0], lines[0]
+    with pytest.raises(StoreUnavailable):  # the same from the library, and quickly with a small budget
+        os.environ["BERGSON_STORE_RETRY_SECONDS"] = "1"
+        try:
+            s3.proxy.down()
+            Index("s3://bergson-test/long", fast_fail).exists()
+        finally:
+            s3.proxy.up()
+            del os.environ["BERGSON_STORE_RETRY_SECONDS"]
