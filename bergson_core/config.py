@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 CODE_VERSION = "0.1.0"  # bump when stored gradients would change for the same spec
 
@@ -86,9 +86,20 @@ class RunOptions(_Options):
         "memory on CUDA), measured on the model, at most 8192.",
     )
     storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec storage options for s3:// and other remote URLs."
+        default_factory=dict, description="fsspec storage options for s3:// and other remote URLs. Keep "
+        "credentials out of them: s3fs reads the environment and AWS profiles ({\"profile\": \"name\"}); a value "
+        "\"prefect-secret:NAME\" is read from that Prefect Secret block when used. A literal key or secret is "
+        "used but never stored (Prefect parameters, artifacts, logs and index.json show it redacted).",
     )
     progress: bool = Field(True, description="Show progress bars in the terminal.")
+
+    @field_serializer("storage_options")
+    def _hide_secrets(self, value: dict[str, Any], info):
+        """JSON forms of a config (Prefect's flow-run parameters, cache-key hashes, artifacts) never
+        carry credentials; the object itself keeps them for the filesystem calls of this process."""
+        from .secrets import redact
+
+        return redact(value) if info.mode_is_json() else value
 
 
 class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):

@@ -13,6 +13,7 @@ from prefect.tasks import exponential_backoff
 
 from bergson_core.config import CODE_VERSION
 from bergson_core.errors import TransientError, UserError
+from bergson_core.secrets import register_resolver
 
 RETRIES = 3
 RETRY_DELAYS = exponential_backoff(backoff_factor=2)
@@ -41,3 +42,13 @@ def retry_transient(task, task_run, state) -> bool:
 def cache_key(*parts: object) -> str:
     blob = "|".join(map(str, (*parts, CODE_VERSION)))
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _load_secret(name: str) -> str:
+    """A Prefect Secret block's value: storage options name secrets ("prefect-secret:NAME")."""
+    from prefect.blocks.system import Secret
+
+    return Secret.load(name, _sync=True).get()
+
+
+register_resolver(_load_secret)

@@ -97,3 +97,46 @@ def test_long_outage_gives_up_with_one_line_naming_the_endpoint(run_cli, workspa
         finally:
             s3.proxy.up()
             del os.environ["BERGSON_STORE_RETRY_SECONDS"]
+
+
+def _api_records(flow_run_id) -> str:
+    """Everything the Prefect API holds about a flow run, as one JSON text."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as c:
+        run = c.read_flow_run(flow_run_id)
+        tasks = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = c.read_artifacts()
+    parts = [run.model_dump_json()] + [t.model_dump_json() for t in tasks]
+    parts += [entry.model_dump_json() for entry in logs] + [a.model_dump_json() for a in artifacts]
+    return "\n".join(parts)
+
+
+def test_credentials_are_never_stored(prefect_api, workspace, s3, tmp_path, monkeypatch):
+    """A key given as a storage option, and a secret named by a Prefect Secret block, reach S3 but
+    appear nowhere in the API's records of the runs or in the index."""
+    from prefect.blocks.system import Secret
+
+    from bergson_core.config import ScoreConfig
+    from flows.build import build_index
+    from flows.score import score
+
+    monkeypatch.setenv("BERGSON_CACHE", str(tmp_path / "cache"))
+    key, secret = "AKIACANARYKEY12345", "canary-secret-value-67890"
+    Secret(value=secret).save("bergson-canary", overwrite=True)
+    opts = {**s3.options, "key": key, "secret": "prefect-secret:bergson-canary"}
+    cfg = BuildConfig(index="s3://bergson-test/secret-idx", model=workspace["model"], dataset=workspace["corpus"],
+                      shard_size=12, projection_dim=2, storage_options=opts, progress=False)
+    runs = [build_index(cfg, return_state=True), score(ScoreConfig(index=cfg.index, queries=workspace["queries"],
+                                                                   storage_options=opts), return_state=True)]
+    assert all(r.is_completed() for r in runs)
+    for state in runs:
+        records = _api_records(state.state_details.flow_run_id)
+        assert "secret-idx" in records  # the records were found
+        assert key not in records and secret not in records
+        assert "**redacted**" in records and "prefect-secret:bergson-canary" in records
+    fs = Index(cfg.index, opts).fs
+    stored = b"".join(fs.cat_file(p) for p in fs.find("bergson-test/secret-idx"))
+    assert len(stored) > 1000 and key.encode() not in stored and secret.encode() not in stored
