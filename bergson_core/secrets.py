@@ -47,6 +47,12 @@ def resolve(options: Any) -> Any:
         return {k: resolve(v) for k, v in options.items()}
     if isinstance(options, list):
         return [resolve(v) for v in options]
+    if options == REDACTED:
+        from .errors import ConfigError
+
+        raise ConfigError("a storage option was redacted when this run was created (credentials are never stored "
+                          "as parameters): name a Prefect Secret block (\"prefect-secret:NAME\"), or use the "
+                          "environment or an AWS profile")
     if is_reference(options):
         from .errors import ConfigError
 
