@@ -7,8 +7,8 @@ or at once when its holder was a process of this host that is gone (a killed bui
 straight away).
 
 Writes are conditional, so two builds cannot both believe they hold it: locally the lease is
-created with an atomic link (fails when it exists) and replaced under an flock after re-reading
-it; on S3 it is created with If-None-Match: * and replaced with If-Match: <etag>. A store without
+created with an atomic link (fails when it exists) and replaced under an flock of the index folder after
+re-reading it; on S3 it is created with If-None-Match: * and replaced with If-Match: <etag>. A store without
 conditional writes falls back to write, wait, read back.
 
 Leases are held per process and re-entrant: the CLI takes it before its head-start shard and the
@@ -119,8 +119,9 @@ class Lease:
         if self.index.local:
             import fcntl
 
-            with open(self.path + ".lock", "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            folder = os.open(os.path.dirname(self.path), os.O_RDONLY)  # lock the folder: no lock file left
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX)
                 try:
                     if open(self.path, "rb").read() != token:
                         return False
@@ -128,6 +129,8 @@ class Lease:
                     return False
                 fsu.write_bytes(self.index.fs, self.path, data)
                 return True
+            finally:
+                os.close(folder)  # releases the flock
         try:
             self.index.fs.pipe_file(self.path, data, IfMatch=token)
             return True
