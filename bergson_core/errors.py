@@ -20,3 +20,7 @@ class StoreError(UserError):
 
 class TransientError(Exception):
     """A fault worth retrying (network, object store, preemption)."""
+
+
+class StoreUnavailable(UserError):
+    """An object store that stayed unreachable (or failing) for the whole retry budget."""

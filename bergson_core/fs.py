@@ -16,8 +16,15 @@ from fsspec.implementations.local import LocalFileSystem
 
 
 def url_to_fs(url: str, storage_options: dict[str, Any] | None = None):
-    """Return (filesystem, path) for a local path or a URL such as s3://bucket/prefix."""
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    """Return (filesystem, path) for a local path or a URL such as s3://bucket/prefix. A remote
+    filesystem comes wrapped so that its calls ride out an outage (bergson_core/retry.py)."""
+    from .secrets import resolve
+
+    fs, path = fsspec.core.url_to_fs(url, **resolve(storage_options or {}))  # secrets named, not passed
+    if not is_local(fs):
+        from .retry import RetryingFS
+
+        fs = RetryingFS(fs, url, storage_options or {})
     return fs, path.rstrip("/")
 
 

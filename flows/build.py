@@ -21,14 +21,26 @@ from .runners import task_runner
 
 @flow(name="build-index", log_prints=True, task_runner=task_runner())  # BERGSON_TASK_RUNNER, see runners.py
 def build_index(config: BuildConfig) -> dict:
+    from prefect.runtime import flow_run
+
+    from bergson_core.lease import hold
+
+    with hold(config.index, config.storage_options, run_id=flow_run.id):  # one build per index at a time
+        return _build(config)
+
+
+def _build(config: BuildConfig) -> dict:
     t0 = time.perf_counter()
     plan = plan_index(config)
-    todo = plan["missing"]
+    bad = {int(k) for k in plan.get("bad", {})}
+    todo = [s for s in plan["missing"] if s[0] not in bad]
+    redo = [s for s in plan["missing"] if s[0] in bad]  # a cached task result would skip these
     key = artifacts.artifact_key("build", plan["meta"]["spec_hash"])
-    tracker = artifacts.Progress(key + "-progress", len(todo), f"Shards of {config.index}")
-    progress.start(sum(stop - start for _, start, stop in todo), "extracting", config.progress)
+    tracker = artifacts.Progress(key + "-progress", len(plan["missing"]), f"Shards of {config.index}")
+    progress.start(sum(stop - start for _, start, stop in plan["missing"]), "extracting", config.progress)
     try:
         results = {r["shard"]: r for r in _extract(config, todo, tracker)}
+        results.update({r["shard"]: r for r in _extract(config, redo, tracker, refresh=True)})
         # a cached task result whose shard files were deleted since: redo it, bypassing the cache
         lost = [s for s in plan["shards"] if not _exists(config, s[0])]
         results.update({r["shard"]: r for r in _extract(config, lost, None, refresh=True)})
@@ -36,6 +48,8 @@ def build_index(config: BuildConfig) -> dict:
         progress.close()
     if any(not _exists(config, s[0]) for s in plan["shards"]):
         raise StoreError(f"index {config.index} is still incomplete after the build: rerun `bergson build`")
+    for shard, why in plan.get("bad", {}).items():  # found by the plan; a head start may have redone some
+        results.setdefault(int(shard), {"shard": int(shard)}).setdefault("recomputed", why)
     summary = _summary(config, plan, list(results.values()), time.perf_counter() - t0)
     artifacts.markdown(key + "-summary", summary["markdown"], f"Build of {config.index}")
     artifacts.link(key + "-index", config.index, "The gradient index (index.json + Arrow shards)")
@@ -81,8 +95,10 @@ def _summary(config: BuildConfig, plan: dict, results: list[dict], seconds: floa
         "empty_documents": sum(r.get("empty_documents", 0) for r in computed),
         "tokens_per_second": tokens / busy if busy else 0.0,
         "seconds": seconds,
+        "shards_recomputed": {r["shard"]: r["recomputed"] for r in results if r.get("recomputed")},
     }
     rows = "\n".join(f"| {k.replace('_', ' ')} | {v:,.1f} |" if isinstance(v, float) else f"| {k.replace('_', ' ')} | {v} |"
-                     for k, v in out.items())
+                     for k, v in out.items() if k != "shards_recomputed")
+    rows += "".join(f"\n| recomputed shard {k} | {why} |" for k, why in out["shards_recomputed"].items())
     out["markdown"] = f"# Gradient index build\n\n| what | value |\n|---|---|\n{rows}\n"
     return out

@@ -15,6 +15,8 @@ def build_summary(result: dict) -> None:
         v = result.get(key)
         t.add_row(key.replace("_", " "), f"{v:,.1f}" if isinstance(v, float) else f"{v:,}")
     console.print(t)
+    for shard, why in (result.get("shards_recomputed") or {}).items():
+        console.print(f"[yellow]warning:[/] shard {shard} failed verification ({why}) and was recomputed")
     if result.get("empty_documents"):
         console.print(f"[yellow]warning:[/] {result['empty_documents']} documents had fewer than 2 tokens "
                       "(or no loss tokens) and were stored as zero rows")
@@ -29,9 +31,11 @@ def topk(result: dict, per_query: int | None = None) -> None:
         for col in ("rank", "score", "doc", "text"):
             t.add_column(col, overflow="fold")
         for r in [r for r in rows if r["query_index"] == q][:per_query]:
-            t.add_row(str(r["rank"]), f"{r['score']:.4f}", f"{r['doc_id']} (#{r['doc_index']})", r["text"])
+            t.add_row(str(r["rank"]), f"{r['score']:.4f}", f"{r['doc_id']} (#{r['doc_index']})", r["text"] or "")
         console.print(t)
     console.print(f"top-k written to {result['output']}")
+    for w in result.get("warnings") or []:
+        console.print(f"[yellow]warning:[/] {w}")
 
 
 def inspect(report: dict) -> None:

@@ -63,7 +63,15 @@ class DropUserErrors(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, UserError):
             return False
-        return not any(name in record.getMessage() for name in USER_ERRORS)
+        names = USER_ERRORS + tuple(_subclass_names(UserError))  # IndexBusyError, StoreUnavailable, ...
+        return not any(name in record.getMessage() for name in names)
+
+
+def _subclass_names(cls) -> set[str]:
+    out = set()
+    for sub in cls.__subclasses__():
+        out |= {sub.__name__} | _subclass_names(sub)
+    return out
 
 
 def _filter_prefect_logs() -> None:

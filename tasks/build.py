@@ -17,10 +17,12 @@ from .policy import RETRIES, RETRY_DELAYS, cache_key, retry_transient
 def plan_index(config: BuildConfig) -> dict:
     """Validate inputs, write or check index.json, and list the shards still missing."""
     plan = prepare_build(config)
+    missing = plan.missing()  # also the shards that fail verification: recomputed, past the task cache
     return {
         "meta": {k: plan.meta[k] for k in ("spec_hash", "row_width", "num_shards", "dataset", "grad_dtype")},
         "shards": plan.shards,
-        "missing": plan.missing(),
+        "missing": missing,
+        "bad": {str(k): v for k, v in plan.bad.items()},
     }
 
 

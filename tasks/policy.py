@@ -13,6 +13,7 @@ from prefect.tasks import exponential_backoff
 
 from bergson_core.config import CODE_VERSION
 from bergson_core.errors import TransientError, UserError
+from bergson_core.secrets import register_resolver
 
 RETRIES = 3
 RETRY_DELAYS = exponential_backoff(backoff_factor=2)
@@ -20,8 +21,8 @@ TRANSIENT = (TransientError, ConnectionError, TimeoutError)
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, UserError):
-        return False
+    if isinstance(exc, (UserError, FileNotFoundError, FileExistsError, PermissionError)):
+        return False  # a missing bucket or file, or denied access: retrying cannot fix it
     if isinstance(exc, TRANSIENT):
         return True
     # botocore/aiohttp faults surface as OSError subclasses or carry these names
@@ -41,3 +42,13 @@ def retry_transient(task, task_run, state) -> bool:
 def cache_key(*parts: object) -> str:
     blob = "|".join(map(str, (*parts, CODE_VERSION)))
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _load_secret(name: str) -> str:
+    """A Prefect Secret block's value: storage options name secrets ("prefect-secret:NAME")."""
+    from prefect.blocks.system import Secret
+
+    return Secret.load(name, _sync=True).get()
+
+
+register_resolver(_load_secret)

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from ..version import __version__
 
@@ -88,9 +88,20 @@ class RunOptions(_Options):
         "memory on CUDA), measured on the model, at most 8192.",
     )
     storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec storage options for s3:// and other remote URLs."
+        default_factory=dict, description="fsspec storage options for s3:// and other remote URLs. Keep "
+        "credentials out of them: s3fs reads the environment and AWS profiles ({\"profile\": \"name\"}); a value "
+        "\"prefect-secret:NAME\" is read from that Prefect Secret block when used. A literal key or secret is "
+        "used but never stored (Prefect parameters, artifacts, logs and index.json show it redacted).",
     )
     progress: bool = Field(True, description="Show progress bars in the terminal.")
+
+    @field_serializer("storage_options")
+    def _hide_secrets(self, value: dict[str, Any], info):
+        """JSON forms of a config (Prefect's flow-run parameters, cache-key hashes, artifacts) never
+        carry credentials; the object itself keeps them for the filesystem calls of this process."""
+        from ..secrets import redact
+
+        return redact(value) if info.mode_is_json() else value
 
 
 class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):
@@ -102,6 +113,10 @@ class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):
     devices: str = Field(
         "auto", description="Model replicas that compute shards at once: auto (every visible CUDA device, "
         "or on CPU one replica per core, at most 4, sharing the weights), cuda:0,cuda:1, or cpu:N.",
+    )
+    verify: bool | None = Field(
+        None, description="Checksum the shards a rerun skips (a corrupt one is recomputed); sizes are always "
+        "checked. Default: on for local indexes, off for remote ones (a checksum downloads every shard).",
     )
 
     def spec(self) -> dict[str, Any]:
@@ -140,6 +155,10 @@ class ScoreConfig(RunOptions, ModelOptions):
     )
     output: str | None = Field(None, description="Output folder (default: INDEX/scores/<queries-name>).")
     block_rows: int = Field(4096, gt=0, description="Corpus rows scored per block (bounds memory).")
+    allow_model_mismatch: bool = Field(
+        False, description="Score even when the query model's weights differ from the index's model (e.g. a "
+        "checkpoint of the same run); the output says so. Without it such a score is refused.",
+    )
     preconditioner: str | None = Field(
         None, description="Name of a preconditioner fitted on this index (`bergson fit`), applied with the "
         "damping and power it was fitted with: power -1 to the queries, any other power (-0.5) to both sides.",

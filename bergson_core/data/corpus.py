@@ -39,7 +39,12 @@ def _format_of(uri: str) -> str | None:
 
 def _read_jsonl(raw: bytes, uri: str) -> pa.Table:
     rows = []
-    for lineno, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{uri} is not UTF-8 text (byte {e.start} is 0x{raw[e.start]:02x}; a binary file?): "
+                         "give a JSONL file") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -75,8 +80,10 @@ def _read_file(uri: str, fmt: str, storage_options: dict) -> tuple[pa.Table, str
             table = pq.read_table(pa.BufferReader(raw))
         else:
             table = pacsv.read_csv(pa.BufferReader(raw))
-    except pa.ArrowInvalid as e:
-        raise InputError(f"could not read {uri!r} as {fmt}: {str(e).splitlines()[0]}") from e
+    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = "".join(c if c.isprintable() else "?" for c in first)[:160]  # a binary file's bytes stay out
+        raise InputError(f"could not read {uri!r} as {fmt}: {first}") from None
     return table, stamp
 
 
@@ -104,6 +111,9 @@ def load_corpus(uri: str, split: str = "train", storage_options: dict | None = N
                 raise InputError(f"split {split!r} not in {uri!r} (splits: {', '.join(ds)}): pass --split")
             ds = ds[split]
         stamp = ds._fingerprint
+    elif os.path.isfile(uri):  # it exists, so "not found" would mislead
+        raise InputError(f"dataset {uri!r} is a file of an unknown format: give a .jsonl, .parquet or .csv file "
+                         "(named so), or a save_to_disk folder")
     elif "://" in uri or uri.startswith(("/", ".")) or os.path.sep in uri and uri.count("/") > 1:
         raise InputError(
             f"dataset {uri!r} not found: pass a .jsonl/.parquet/.csv file, a save_to_disk folder or a hub id"
@@ -144,6 +154,11 @@ class Doc:
         return sum(1 for t in self.labels[1:] if t != -100)
 
 
+def _text(value) -> str:
+    """A cell as text: a null is empty (no loss tokens), never the word "None"."""
+    return "" if value is None else str(value)
+
+
 def tokenize_rows(
     corpus: Corpus,
     start: int,
@@ -161,14 +176,14 @@ def tokenize_rows(
     ids = rows[id_column] if id_column else [str(start + i) for i in range(n)]
     docs = []
     if prompt_column and completion_column:
-        prompts = tokenizer(list(map(str, rows[prompt_column])))["input_ids"]
-        comps = tokenizer(list(map(str, rows[completion_column])), add_special_tokens=False)["input_ids"]
+        prompts = tokenizer(list(map(_text, rows[prompt_column])))["input_ids"]
+        comps = tokenizer(list(map(_text, rows[completion_column])), add_special_tokens=False)["input_ids"]
         for i, (p, c) in enumerate(zip(prompts, comps)):
             tok = (p + c)[:max_length]
             lab = ([-100] * len(p) + c)[:max_length]
             docs.append(Doc(start + i, str(ids[i]), tok, lab))
     else:
-        texts = tokenizer(list(map(str, rows[text_column])))["input_ids"]
+        texts = tokenizer(list(map(_text, rows[text_column])))["input_ids"]
         for i, tok in enumerate(texts):
             tok = tok[:max_length]
             docs.append(Doc(start + i, str(ids[i]), tok, list(tok)))

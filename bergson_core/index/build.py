@@ -18,6 +18,7 @@ from ..config import CODE_VERSION, BuildConfig
 from ..data.corpus import Corpus, check_columns, load_corpus, tokenize_rows
 from ..errors import ConfigError
 from ..gradients.extract import compute_gradients, tracked_modules
+from ..guards import check_row_size
 from ..model.loading import LoadedModel, load_model
 from ..model.modules import ModuleInfo
 from ..model.replicas import replica_pool
@@ -32,11 +33,22 @@ _normalizers_lock = threading.Lock()
 
 def open_corpus(uri: str, split: str, storage_options: dict) -> Corpus:
     """load_corpus with a per-process cache, so shard tasks of one run share one reader."""
-    key = json.dumps([uri, split, storage_options], sort_keys=True, default=str)
+    key = json.dumps([uri, split, storage_options, _local_stamp(uri)], sort_keys=True, default=str)
     with _corpora_lock:
         if key not in _corpora:
             _corpora[key] = load_corpus(uri, split, storage_options)
         return _corpora[key]
+
+
+def _local_stamp(uri: str) -> list | None:
+    """Size and mtime of a local corpus file: a file changed since it was cached is read again."""
+    import os
+
+    try:
+        st = os.stat(uri)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def open_normalizers(cfg: BuildConfig, loaded: LoadedModel, modules: list[ModuleInfo]) -> dict | None:
@@ -88,14 +100,31 @@ def check_data_columns(corpus: Corpus, text: str, prompt: str | None, completion
     check_columns(corpus, id_column)
 
 
+def checksum_skipped(cfg: BuildConfig, index: Index) -> bool:
+    """Whether a build checksums the shards it skips: --verify, else yes for local stores only
+    (a remote checksum downloads every shard)."""
+    return index.local if cfg.verify is None else cfg.verify
+
+
 @dataclass
 class BuildPlan:
     index: Index
     meta: dict
     shards: list[tuple[int, int, int]]  # (shard id, start row, stop row)
+    checksum: bool = True
+    bad: dict[int, str] | None = None  # shards found untrustworthy by missing(): id -> why
 
     def missing(self) -> list[tuple[int, int, int]]:
-        return [s for s in self.shards if not self.index.has_shard(s[0])]
+        """Shards without a manifest, or whose manifest fails verification (they are redone)."""
+        self.bad = {}
+        out = []
+        for s in self.shards:
+            if not self.index.has_shard(s[0]):
+                out.append(s)
+            elif (why := self.index.verify_shard(s[0], self.checksum)) is not None:
+                self.bad[s[0]] = why
+                out.append(s)
+        return out
 
 
 def plan_shards(rows: int, shard_size: int) -> list[tuple[int, int, int]]:
@@ -129,6 +158,8 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
     check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column)
     loaded = load_model(cfg)
     modules = tracked_modules(loaded, cfg)
+    check_row_size(sum(m.width for m in modules), min(cfg.shard_size, len(corpus)), cfg.grad_dtype,
+                   cfg.projection_dim, len(modules))  # before any allocation or index.json
     open_normalizers(cfg, loaded, modules)  # a state from another model is refused before anything is written
     # stamps of the input files: a rerun with nothing to do can tell without loading anything
     meta = index_meta(cfg, modules, corpus, model_fingerprint(loaded.model), source_stamps=source_stamps(cfg))
@@ -138,7 +169,7 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
         index.remove_partial_writes()
     else:
         index.check(meta, overwrite=cfg.overwrite)
-    return BuildPlan(index, meta, plan_shards(len(corpus), cfg.shard_size))
+    return BuildPlan(index, meta, plan_shards(len(corpus), cfg.shard_size), checksum_skipped(cfg, index))
 
 
 def load_for_spec(cfg: BuildConfig) -> tuple[LoadedModel, list[ModuleInfo], Corpus]:
@@ -150,8 +181,12 @@ def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=No
     """Compute and write one shard (skipped when its manifest exists). Returns its manifest
     plus run statistics (tokens, seconds) that are reported but not stored."""
     index = Index(cfg.index, cfg.storage_options)
+    spec_hash = cfg.spec_hash()
+    redo = None  # why an existing shard is recomputed
     if index.has_shard(shard):
-        return {**index.manifest(shard), "skipped": True, "seconds": 0.0}
+        redo = index.verify_shard(shard, checksum_skipped(cfg, index))
+        if redo is None:
+            return {**index.manifest(shard), "skipped": True, "seconds": 0.0}
     t0 = time.perf_counter()
     corpus = open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
     with replica_pool(cfg).take() as loaded:  # a free model replica (one per --devices entry)
@@ -164,6 +199,7 @@ def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=No
                                          normalizers=open_normalizers(cfg, loaded, modules))
     manifest = index.write_shard(
         shard, start, [d.doc_id for d in docs], [len(d.input_ids) for d in docs], grads, cfg.grad_dtype,
-        extra={"tokens": stats.tokens, "empty_documents": stats.empty},
+        extra={"tokens": stats.tokens, "empty_documents": stats.empty}, spec_hash=spec_hash,
     )
-    return {**manifest, "skipped": False, "seconds": time.perf_counter() - t0}
+    out = {**manifest, "skipped": False, "seconds": time.perf_counter() - t0}
+    return {**out, "recomputed": redo} if redo else out

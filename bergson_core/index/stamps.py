@@ -4,7 +4,8 @@ A rerun of a finished build should not pay for importing torch, loading the mode
 Prefect just to find every shard already written. At build time index.json records a stamp of the
 model files and of the corpus files (path, size and modification time, or an object store's ETag);
 a rerun whose spec hash and stamps match, and whose every shard manifest is present with a data
-file of the recorded size, is complete. Anything that does not match (or cannot be stamped, such as
+file that passes the checks a build applies to the shards it skips (size; checksum locally or with
+--verify), is complete. Anything that does not match (or cannot be stamped, such as
 a hub id) takes the normal path, which fingerprints the model and the corpus for real.
 
 Imports only the store and fsspec, so the check costs well under a second.
@@ -70,6 +71,7 @@ def nothing_to_do(cfg) -> dict | None:
     if not stamps or meta.get("spec_hash") != cfg.spec_hash() or stamps != source_stamps(cfg):
         return None
     sizes = index.shard_file_sizes()
+    checksum = cfg.verify if cfg.verify is not None else index.local  # as a build verifies what it skips
     total = 0
     for shard in range(meta["num_shards"]):
         if not index.has_shard(shard):
@@ -77,6 +79,8 @@ def nothing_to_do(cfg) -> dict | None:
         manifest = index.manifest(shard)
         if sizes.get(shard) != manifest.get("bytes"):
             return None  # missing or truncated data file: the normal path recomputes it
+        if index.verify_shard(shard, checksum) is not None:
+            return None  # corrupt or of another spec: the normal path says so and recomputes it
         total += manifest.get("bytes", 0)
     return {"index": cfg.index, "spec_hash": meta["spec_hash"], "documents": meta["dataset"]["rows"],
             "shards": meta["num_shards"], "shards_computed": 0, "shards_skipped": meta["num_shards"],

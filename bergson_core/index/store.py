@@ -28,6 +28,7 @@ from ..errors import StoreError
 FORMAT = "bergson-index/1"
 INDEX_FILE = "index.json"
 GRADS_DIR = "grads"
+LEASE_FILE = "lease.json"  # who is building this index (bergson_core/lease.py); survives --overwrite
 ARROW_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 
 _verified: set[tuple] = set()
@@ -83,6 +84,7 @@ class Index:
         self.storage_options = storage_options or {}
         self.fs, self.path = fsu.url_to_fs(self.url, self.storage_options)
         self.local = fsu.is_local(self.fs)
+        self._spec_hash: str | None = None  # of index.json, as last read by meta()
 
     # -- paths --------------------------------------------------------------------------------
     def _p(self, *parts: str) -> str:
@@ -101,10 +103,29 @@ class Index:
     def meta(self) -> dict:
         if not self.exists():
             raise StoreError(f"no index at {self.url}: build one with `bergson build {self.url} --model M --dataset D`")
-        meta = fsu.read_json(self.fs, self._p(INDEX_FILE))
-        if meta.get("format") != FORMAT:
-            raise StoreError(f"{self.url} is not a {FORMAT} index (format={meta.get('format')!r})")
+        self.check_location()
+        try:
+            meta = fsu.read_json(self.fs, self._p(INDEX_FILE))
+        except (ValueError, UnicodeDecodeError) as e:  # garbage or empty file: not an index we can trust
+            raise StoreError(f"{self.url}/{INDEX_FILE} is unreadable ({type(e).__name__}): "
+                             "rebuild with --overwrite") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            meta = meta if isinstance(meta, dict) else {}
+            raise StoreError(f"{self.url} is not a {FORMAT} index (format={meta.get('format')!r}): "
+                             "use another path, or --overwrite to replace it")
+        self._spec_hash = meta.get("spec_hash")
         return meta
+
+    def check_location(self) -> None:
+        """Refuse an index path that is an existing file (it can hold no index folder)."""
+        if self.local and os.path.isfile(self.path):
+            raise StoreError(f"index path {self.url} is an existing file, not a folder: pass a folder path")
+
+    def spec_hash(self) -> str | None:
+        """The spec hash of index.json (read once per Index object; None when there is no index)."""
+        if self._spec_hash is None and self.exists():
+            self.meta()
+        return self._spec_hash
 
     def write_meta(self, meta: dict) -> None:
         fsu.write_json(self.fs, self._p(INDEX_FILE), {"format": FORMAT, **meta})
@@ -112,9 +133,15 @@ class Index:
     def check(self, meta: dict, overwrite: bool = False) -> bool:
         """True when an index with this exact spec, model and dataset is already here; raise when
         a different one is (unless overwrite); False when there is none."""
+        self.check_location()
         if not self.exists():
             return False
-        old = self.meta()
+        try:
+            old = self.meta()
+        except StoreError:
+            if overwrite:  # a garbage index.json is replaced like any other index
+                return False
+            raise
         same = all(old.get(k) == meta[k] for k in ("spec_hash", "dataset", "model_fingerprint"))
         if same or overwrite:
             return same
@@ -140,7 +167,12 @@ class Index:
         return len(stale)
 
     def delete(self) -> None:
-        fsu.remove(self.fs, self.path, recursive=True)
+        """Remove the index, but not the lease of the build that is replacing it."""
+        if not fsu.exists(self.fs, self.path):
+            return
+        for p in self.fs.ls(self.path, detail=False):
+            if p.rstrip("/").rsplit("/", 1)[-1] not in (LEASE_FILE, LEASE_FILE + ".lock"):
+                fsu.remove(self.fs, p, recursive=True)
 
     # -- shards ------------------------------------------------------------------------------
     def has_shard(self, i: int) -> bool:
@@ -158,8 +190,11 @@ class Index:
         grads: np.ndarray,
         dtype: str,
         extra: dict | None = None,
+        spec_hash: str | None = None,
     ) -> dict:
-        """Write shard i (rows start..start+n) then its manifest; return the manifest."""
+        """Write shard i (rows start..start+n) then its manifest; return the manifest. With
+        `spec_hash` (the spec the rows were computed under) the manifest records it, and it is only
+        published while index.json still has that spec."""
         data, schema = encode_grads(start, doc_ids, num_tokens, grads, dtype, what=f"shard {i}")
         n = grads.shape[0]
         fsu.write_bytes(self.fs, self.shard_path(i), data)
@@ -174,6 +209,9 @@ class Index:
             "schema": schema_fingerprint(schema),
             **(extra or {}),
         }
+        if spec_hash is not None:
+            manifest["spec_hash"] = spec_hash
+            self.check_publish(i, spec_hash)
         fsu.write_json(self.fs, self.manifest_path(i), manifest)  # last: makes the shard exist
         return manifest
 
@@ -193,13 +231,61 @@ class Index:
                 out[n] = info.get("size")
         return out
 
+    def check_publish(self, i: int, spec_hash: str) -> None:
+        """Refuse to publish a shard computed under another spec than index.json's now (another
+        build replaced it with --overwrite), or by a build whose lease was taken over."""
+        from ..lease import check_not_lost
+
+        self._spec_hash = None  # read index.json afresh, not the copy from the start of the build
+        current = self.spec_hash()
+        if current != spec_hash:
+            raise StoreError(f"index.json of {self.url} was replaced while this build ran (spec {spec_hash} -> "
+                             f"{current}): shard {i} not published; rerun the build you want")
+        check_not_lost(self.url)
+
+    def check_spec(self, manifest: dict) -> None:
+        """Refuse a shard whose manifest was computed under another spec than index.json's."""
+        got, want = manifest.get("spec_hash"), self.spec_hash()
+        if got is not None and want is not None and got != want:
+            raise StoreError(f"shard {manifest.get('shard')} of {self.url} was computed under spec {got}, "
+                             f"index.json has {want} (two builds wrote here?): rerun the build to redo it")
+
+    def verify_shard(self, i: int, checksum: bool) -> str | None:
+        """Why shard i cannot be trusted (None when it can): unreadable manifest, another spec,
+        missing data file, wrong size, and with `checksum` a wrong sha256."""
+        try:
+            manifest = self.manifest(i)
+            self.check_spec(manifest)
+        except (ValueError, UnicodeDecodeError):
+            return "unreadable manifest"
+        except StoreError:
+            return "computed under another spec"
+        path = self.shard_path(i)
+        if not fsu.exists(self.fs, path):
+            return "data file missing"
+        size = os.path.getsize(path) if self.local else self.fs.info(path).get("size")
+        if size != manifest.get("bytes"):
+            return f"size {size} != {manifest.get('bytes')} in its manifest"
+        if checksum:
+            try:
+                self._local_copy(i, manifest)
+            except StoreError:
+                return "checksum mismatch"
+        return None
+
     def manifests(self) -> list[dict]:
         """Manifests of all complete shards, in shard order."""
         pattern = self._p(GRADS_DIR, "shard-*.json")
         if not self.local:
             self.fs.invalidate_cache(self._p(GRADS_DIR))
         found = sorted(self.fs.glob(pattern))
-        return [fsu.read_json(self.fs, p) for p in found]
+        return [self._read_manifest(p) for p in found]
+
+    def _read_manifest(self, path: str) -> dict:
+        try:
+            return fsu.read_json(self.fs, path)
+        except (ValueError, UnicodeDecodeError):
+            raise StoreError(f"manifest {path} of {self.url} is unreadable: rerun the build to redo it") from None
 
     def _local_copy(self, i: int, manifest: dict) -> str:
         """Path of a verified local file for shard i: the file itself, or a cached download."""
@@ -232,6 +318,7 @@ class Index:
     def open_shard(self, i: int, manifest: dict | None = None) -> pa.Table:
         """The shard as an Arrow table, memory-mapped from a verified local file."""
         manifest = manifest or self.manifest(i)
+        self.check_spec(manifest)
         path = self._local_copy(i, manifest)
         with pa.memory_map(path, "r") as source:
             table = ipc.open_file(source).read_all()

@@ -15,9 +15,10 @@ import time
 
 from .. import fs as fsu
 from ..config import ScoreConfig
+from ..guards import check_query_model
 from ..index.build import open_corpus
 from ..index.store import encode_grads
-from .score import index_build_config, query_gradients
+from .score import index_build_config, query_gradients, query_model_fingerprint
 
 
 def query_cache_key(meta: dict, cfg: ScoreConfig) -> dict:
@@ -46,16 +47,21 @@ def cached_query_gradients(meta: dict, cfg: ScoreConfig, base: str) -> dict:
     fs, path = fsu.url_to_fs(base + ".json", cfg.storage_options)
     arrow = base + ".arrow"
     key = query_cache_key(meta, cfg)
+    # the model actually loaded, by its weights: changed in place, it is refused (or, allowed, said so)
+    key["query_model_fingerprint"] = query_model_fingerprint(meta, cfg)
+    warning = check_query_model(meta, key["query_model_fingerprint"], getattr(cfg, "allow_model_mismatch", False),
+                                cfg.index)
     if fsu.exists(fs, path):
         old = fsu.read_json(fs, path)
         if old.get("key") == key:
-            return {**old, "path": arrow, "reused": True}
+            return {**old, "model_warning": warning, "path": arrow, "reused": True}
     t0 = time.perf_counter()
     qg = query_gradients(meta, cfg)
     n = qg.grads.shape[0]
     data, _ = encode_grads(0, [str(i) for i in range(n)], [0] * n, qg.grads, "float32", what="query gradients")
     afs, apath = fsu.url_to_fs(arrow, cfg.storage_options)
     fsu.write_bytes(afs, apath, data)
-    manifest = {"key": key, "rows": n, "sha256": hashlib.sha256(data).hexdigest(), "texts": qg.texts}
+    manifest = {"key": key, "rows": n, "sha256": hashlib.sha256(data).hexdigest(), "texts": qg.texts,
+                "model_warning": warning}
     fsu.write_json(fs, path, manifest)  # last: marks the gradients complete
     return {**manifest, "path": arrow, "reused": False, "seconds": time.perf_counter() - t0}

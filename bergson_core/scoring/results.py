@@ -12,9 +12,11 @@ from .score import preview_texts
 TOPK_FILE = "topk.parquet"
 
 
-def topk_table(scores: np.ndarray, docs: np.ndarray, corpus, spec: dict, aggregated: bool) -> pa.Table:
+def topk_table(scores: np.ndarray, docs: np.ndarray, corpus, spec: dict, aggregated: bool,
+               doc_ids: dict[int, str] | None = None) -> pa.Table:
     """One row per (query, rank): query_index (-1 for a mean/max aggregate), rank, doc_index,
-    score, doc_id, text (a preview of the document)."""
+    score, doc_id, text (a preview of the document). `doc_ids` (from the index) win over the
+    corpus's; without a corpus (gone or changed since the build) text is null."""
     q_idx, rank, d_idx, score = [], [], [], []
     for qi in range(scores.shape[0]):
         for r in range(scores.shape[1]):
@@ -26,10 +28,11 @@ def topk_table(scores: np.ndarray, docs: np.ndarray, corpus, spec: dict, aggrega
             score.append(float(scores[qi, r]))
     unique = sorted(set(d_idx))
     texts = dict(zip(unique, preview_texts(
-        corpus, unique, spec["text_column"], spec.get("prompt_column"), spec.get("completion_column"))))
+        corpus, unique, spec["text_column"], spec.get("prompt_column"), spec.get("completion_column"))
+        if corpus is not None else [None] * len(unique)))
     id_col = spec.get("id_column")
-    ids = dict(zip(unique, (map(str, corpus.dataset.select(unique)[id_col]) if id_col and unique
-                            else map(str, unique))))
+    ids = doc_ids if doc_ids is not None else dict(zip(unique, (
+        map(str, corpus.dataset.select(unique)[id_col]) if id_col and unique else map(str, unique))))
     return pa.table({
         "query_index": pa.array(q_idx, pa.int64()),
         "rank": pa.array(rank, pa.int32()),

@@ -16,7 +16,7 @@ import numpy as np
 from .. import fs as fsu
 from ..config import ScoreConfig
 from ..errors import StoreError
-from ..index.build import open_corpus
+from ..guards import check_index_ready, corpus_for_texts, store_doc_ids
 from ..index.store import Index, grad_matrix, read_grads
 from .queries import cached_query_gradients
 from .results import TOPK_FILE, topk_table, write_table
@@ -34,9 +34,16 @@ def output_url(cfg: ScoreConfig) -> str:
 
 
 def ensure_query_gradients(cfg: ScoreConfig) -> dict:
-    """Compute (or reuse) the query gradients in OUTPUT/query_grads.arrow; returns their manifest."""
-    meta = Index(cfg.index, cfg.storage_options).meta()
-    return cached_query_gradients(meta, cfg, fsu.join(output_url(cfg), QUERY_GRADS.removesuffix(".arrow")))
+    """Compute (or reuse) the query gradients in OUTPUT/query_grads.arrow; returns their manifest.
+    An incomplete or corrupt index, an --output that is a file, or a query model other than the
+    index's (checked in the cache) is refused first."""
+    index = Index(cfg.index, cfg.storage_options)
+    meta = check_index_ready(index, checksum=index.local)
+    out = output_url(cfg)
+    fs, path = fsu.url_to_fs(out, cfg.storage_options)
+    if fsu.is_local(fs) and os.path.isfile(path):
+        raise StoreError(f"--output {out} is an existing file, not a folder: pass a folder path")
+    return cached_query_gradients(meta, cfg, fsu.join(out, QUERY_GRADS.removesuffix(".arrow")))
 
 
 def load_query_gradients(cfg: ScoreConfig) -> tuple[np.ndarray, dict]:
@@ -92,8 +99,12 @@ def run_topk(cfg: ScoreConfig, on_shard=None, transform=None, doc_transform=None
     )
     seconds = time.perf_counter() - t0
     spec = meta["spec"]
-    corpus = open_corpus(spec["dataset"], spec["split"], cfg.storage_options)
-    table = topk_table(scores, docs, corpus, spec, aggregated=cfg.aggregate != "individual")
+    corpus, corpus_warning = corpus_for_texts(meta, cfg.storage_options)  # reordered corpus: no wrong texts
+    ids = store_doc_ids(index, [int(d) for d in docs[np.isfinite(scores)]])
+    table = topk_table(scores, docs, corpus, spec, aggregated=cfg.aggregate != "individual", doc_ids=ids)
+    warnings = [w for w in (qman.get("model_warning"), corpus_warning) if w]
+    if warnings:  # the file says so too, not only the terminal
+        table = table.replace_schema_metadata({"bergson.warnings": "\n".join(warnings)})
     out = output_url(cfg)
     write_table(table, fsu.join(out, TOPK_FILE), cfg.storage_options)
     return {
@@ -103,5 +114,6 @@ def run_topk(cfg: ScoreConfig, on_shard=None, transform=None, doc_transform=None
         "documents": meta["dataset"]["rows"],
         "seconds": seconds,
         "preconditioner": precond,
+        "warnings": warnings,
         "rows": table.to_pylist(),
     }

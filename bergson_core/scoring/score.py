@@ -18,6 +18,7 @@ from ..config import BuildConfig, ScoreConfig
 from ..data.corpus import tokenize_rows
 from ..errors import StoreError
 from ..gradients.extract import compute_gradients, tracked_modules
+from ..guards import check_query_model, refuse_empty_queries
 from ..index.build import check_data_columns, check_optimizer_state, open_corpus, open_normalizers
 from ..index.store import Index, grad_matrix
 from ..model.loading import load_model
@@ -38,6 +39,14 @@ def index_build_config(meta: dict, cfg: ScoreConfig) -> BuildConfig:
 class QueryGradients:
     grads: np.ndarray  # [Q, D]
     texts: list[str]
+    model_warning: str | None = None  # set when --allow-model-mismatch let another model through
+
+
+def query_model_fingerprint(meta: dict, cfg: ScoreConfig) -> str:
+    """Fingerprint of the model the queries are computed with (loaded into the process cache)."""
+    from ..index.build import model_fingerprint
+
+    return model_fingerprint(load_model(index_build_config(meta, cfg)).model)
 
 
 def query_gradients(meta: dict, cfg: ScoreConfig) -> QueryGradients:
@@ -55,13 +64,15 @@ def query_gradients(meta: dict, cfg: ScoreConfig) -> QueryGradients:
         raise StoreError(
             f"the query model's module layout differs from index {cfg.index}: score with the model it was built with"
         )
+    warning = check_query_model(meta, query_model_fingerprint(meta, cfg), cfg.allow_model_mismatch, cfg.index)
     docs = tokenize_rows(
         queries, 0, len(queries), loaded.tokenizer, bcfg.max_length, text_col, prompt_col, comp_col, None
     )
+    refuse_empty_queries(docs, cfg.queries)
     grads, _ = compute_gradients(loaded, modules, docs, bcfg, cfg.batch_tokens,
                                  normalizers=open_normalizers(bcfg, loaded, modules))
     texts = preview_texts(queries, list(range(len(queries))), text_col, prompt_col, comp_col)
-    return QueryGradients(grads.astype(np.float32), texts)
+    return QueryGradients(grads.astype(np.float32), texts, warning)
 
 
 def preview_texts(corpus, rows: list[int], text_col, prompt_col=None, comp_col=None, width: int = 160) -> list[str]:
@@ -69,10 +80,14 @@ def preview_texts(corpus, rows: list[int], text_col, prompt_col=None, comp_col=N
         return []
     sub = corpus.dataset.select(rows)
     if prompt_col and comp_col:
-        texts = [f"{p} {c}" for p, c in zip(sub[prompt_col], sub[comp_col])]
+        texts = [f"{_text(p)} {_text(c)}" for p, c in zip(sub[prompt_col], sub[comp_col])]
     else:
-        texts = [str(t) for t in sub[text_col]]
+        texts = [_text(t) for t in sub[text_col]]
     return [t if len(t) <= width else t[: width - 1] + "…" for t in texts]
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)  # a null is empty, never the word None
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:

@@ -99,7 +99,8 @@ class GradientStore:
                                      icfg.prompt_column, icfg.completion_column, icfg.id_column)
                 grads, stats = compute_gradients(loaded, modules, docs, icfg, icfg.batch_tokens, normalizers=norms)
                 index.write_shard(shard, start, [d.doc_id for d in docs], [len(d.input_ids) for d in docs], grads,
-                                  icfg.grad_dtype, extra={"tokens": stats.tokens, "empty_documents": stats.empty})
+                                  icfg.grad_dtype, extra={"tokens": stats.tokens, "empty_documents": stats.empty},
+                                  spec_hash=meta["spec_hash"])
         finally:
             for name, p in model.named_parameters():
                 p.requires_grad_(flags[name])

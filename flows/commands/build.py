@@ -38,10 +38,18 @@ def run_build(cfg: BuildConfig) -> dict:
     done = nothing_to_do(cfg)  # every shard there, inputs unchanged: no model load, no Prefect start
     if done is not None:
         return done
+    import contextlib
 
+    with contextlib.ExitStack() as held:  # the index's lease, held until the flow (which joins it) ends
+        return _run_build(cfg, held)
+
+
+def _run_build(cfg: BuildConfig, held) -> dict:
     def preload():  # imports torch inside the thread, so the API server starts first
         from bergson_core.index.build import prepare_build
+        from bergson_core.lease import hold
 
+        held.enter_context(hold(cfg.index, cfg.storage_options))  # before anything is written
         if not _embedded_api():
             prepare_build(cfg, write=False)  # a server is up already: the flow does all the work
             return None
@@ -81,6 +89,9 @@ def count_head_start(summary: dict, first: list[dict] | None) -> dict:
     if not done:
         return summary
     out = dict(summary)
+    redone = {r["shard"]: r["recomputed"] for r in done if r.get("recomputed")}
+    if redone:
+        out["shards_recomputed"] = {**summary.get("shards_recomputed", {}), **redone}
     tps = summary.get("tokens_per_second") or 0.0
     busy = (summary.get("tokens", 0) / tps if tps else 0.0) + sum(r.get("seconds", 0.0) for r in done)
     out["shards_computed"] += len(done)
