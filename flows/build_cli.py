@@ -1,23 +1,10 @@
-"""`bergson build INDEX --model M --dataset D`: compute per-document gradients into an index."""
+"""How `bergson build` launches the build-index flow (its entry in flows/commands/): validation and
+model loading while Prefect starts and, when this process starts its own Prefect API, the first
+missing shard computed meanwhile (the head start), counted in the flow's summary."""
 
 from bergson_core.config import BuildConfig
 
-from ..options import add_model_arguments, build_config
-from ..startup import overlapped
-
-NAME, ORDER = "build", 10
-HELP = "Compute per-document gradients of a corpus into an index (local path or s3:// URL)."
-
-
-def add_arguments(parser) -> None:
-    add_model_arguments(parser, BuildConfig, positional=("index",))
-
-
-def run(args) -> int:
-    from .. import render
-
-    render.build_summary(run_build(build_config(BuildConfig, args)))
-    return 0
+from .startup import overlapped
 
 
 def _embedded_api() -> bool:
@@ -27,7 +14,7 @@ def _embedded_api() -> bool:
     return not PREFECT_API_URL.value()
 
 
-def run_build(cfg: BuildConfig) -> dict:
+def launch_build(cfg: BuildConfig) -> dict:
     def preload():  # imports torch inside the thread, so the API server starts first
         from bergson_core.index.build import prepare_build
 
@@ -39,7 +26,7 @@ def run_build(cfg: BuildConfig) -> dict:
         return head_start(cfg, prepare_build(cfg))
 
     first = overlapped(preload)  # validate + load (+ the first shard) while Prefect starts
-    from ..build import build_index
+    from .build import build_index
 
     return count_head_start(build_index(cfg), first)
 
