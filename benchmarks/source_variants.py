@@ -36,7 +36,7 @@ def main() -> int:
     from bergson_core.config.source import SourceConfig
     from bergson_core.eval.bank import Bank
     from bergson_core.methods.source.run import run_source
-    from flows.commands.validate import run_validate
+    from flows.commands import launch
 
     work = os.path.abspath(args.workdir)
     run_dir = os.path.join(work, "source", "run")
@@ -56,8 +56,9 @@ def main() -> int:
                            output=os.path.join(work, "source-variants", f"v{i}"), **over)
         files.append(run_source(cfg)["output"])
     keep = {k: v for k, v in recipe.items() if k in ValidateConfig.model_fields}
-    report = run_validate(ValidateConfig(**keep, bank=os.path.join(work, "bank"), scores=files, names=list(VARIANTS),
-                                         output=os.path.join(work, "source-variants", "report")))
+    report = launch("validate", ValidateConfig(**keep, bank=os.path.join(work, "bank"), scores=files,
+                                               names=list(VARIANTS),
+                                               output=os.path.join(work, "source-variants", "report")))
     print("| SOURCE variant | LDS | ± s.e. |\n|---|---|---|")
     for m in report["methods"]:
         print(f"| {m['method']} | {m['lds']:.3f} | {m['lds_stderr']:.3f} |")

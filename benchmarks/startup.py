@@ -59,7 +59,7 @@ INSTRUMENTED = textwrap.dedent("""
     import flows.cli as cli
     T["CLI imports done"] = time.time()
     import bergson_core.index.build as core_build
-    import flows.commands.build as cmd
+    import flows.build_cli as cmd
     import flows.startup as startup
     start_prefect, prepare_build = startup.start_prefect, core_build.prepare_build
     def timed_start():

@@ -7,15 +7,15 @@ summary artifact. Finished shards are skipped, so a rerun after a crash only doe
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from prefect import flow, unmapped
-from prefect.futures import as_completed
 
 from bergson_core.config import BuildConfig
-from bergson_core.errors import StoreError
 from tasks import artifacts, progress
 from tasks.build import extract_shard, plan_index
 
+from .mapping import map_until_stored
 from .runners import task_runner
 
 
@@ -39,15 +39,15 @@ def _build(config: BuildConfig) -> dict:
     tracker = artifacts.Progress(key + "-progress", len(plan["missing"]), f"Shards of {config.index}")
     progress.start(sum(stop - start for _, start, stop in plan["missing"]), "extracting", config.progress)
     try:
-        results = {r["shard"]: r for r in _extract(config, todo, tracker)}
-        results.update({r["shard"]: r for r in _extract(config, redo, tracker, refresh=True)})
-        # a cached task result whose shard files were deleted since: redo it, bypassing the cache
-        lost = [s for s in plan["shards"] if not _exists(config, s[0])]
-        results.update({r["shard"]: r for r in _extract(config, lost, None, refresh=True)})
+        stored = dict(submit=partial(_extract, config), missing=partial(_missing, config), tracker=tracker,
+                      cached_as_skipped=True,
+                      incomplete=f"index {config.index} is still incomplete after the build: rerun `bergson build`")
+        # shards the plan found corrupt: a cached task result would skip them, so bypass the cache
+        done = map_until_stored(extract_shard.with_options(refresh_cache=True), redo, [], **stored) if redo else []
+        done += map_until_stored(extract_shard, todo, plan["shards"], **stored)
+        results = {r["shard"]: r for r in done}  # a redone shard's result replaces its stale cached one
     finally:
         progress.close()
-    if any(not _exists(config, s[0]) for s in plan["shards"]):
-        raise StoreError(f"index {config.index} is still incomplete after the build: rerun `bergson build`")
     for shard, why in plan.get("bad", {}).items():  # found by the plan; a head start may have redone some
         results.setdefault(int(shard), {"shard": int(shard)}).setdefault("recomputed", why)
     summary = _summary(config, plan, list(results.values()), time.perf_counter() - t0)
@@ -56,21 +56,13 @@ def _build(config: BuildConfig) -> dict:
     return {k: v for k, v in summary.items() if k != "markdown"}
 
 
-def _extract(config: BuildConfig, shards, tracker, refresh: bool = False) -> list[dict]:
-    if not shards:
-        return []
-    task = extract_shard.with_options(refresh_cache=True) if refresh else extract_shard
+def _extract(config: BuildConfig, task, shards) -> list:
     ids, starts, stops = zip(*shards)
-    futures = task.map(unmapped(config), shard=list(ids), start=list(starts), stop=list(stops))
-    results = []
-    for fut in as_completed(futures):
-        result = fut.result()
-        if fut.state.name == "Cached":  # finished by an earlier run: nothing computed now
-            result = {**result, "skipped": True}
-        results.append(result)
-        if tracker:
-            tracker.step()
-    return results
+    return task.map(unmapped(config), shard=list(ids), start=list(starts), stop=list(stops))
+
+
+def _missing(config: BuildConfig, shards) -> list:
+    return [s for s in shards if not _exists(config, s[0])]
 
 
 def _exists(config: BuildConfig, shard: int) -> bool:

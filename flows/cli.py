@@ -1,4 +1,4 @@
-"""`bergson`: the command line front door. Subcommands live in flows/commands/, one file each.
+"""`bergson`: the command line front door. Its subcommands are the rows of flows/commands/ (COMMANDS).
 
 A user error (bad option, missing file, mismatched index) is printed as one line on stderr with
 exit status 2; no traceback.
@@ -11,7 +11,7 @@ import sys
 
 from bergson_core.errors import UserError
 
-from .commands import discover
+from .commands import COMMANDS
 from .startup import quiet_prefect
 
 
@@ -23,10 +23,10 @@ def parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--verbose", action="store_true", help="Show Prefect's own logs.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {}
-    for mod in discover():
-        sp = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
-        mod.add_arguments(sp)
-        commands[mod.NAME] = mod
+    for command in COMMANDS:
+        sp = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(sp)
+        commands[command.name] = command
     return p, commands
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import time
 
 from prefect import flow, unmapped
-from prefect.futures import as_completed
 
 from bergson_core.config.curvature import FitConfig
-from bergson_core.errors import StoreError
 from tasks import artifacts, curvature, progress
 from tasks.score import query_gradients
 
+from .mapping import map_until_stored
 from .runners import task_runner
 
 
@@ -58,30 +57,18 @@ def _map(config: FitConfig, p: dict, key: str) -> dict:
                                  f"{p['kind']} statistics of {config.index}")
     progress.start(sum(stop - start for _, start, stop in todo), f"{p['kind']} statistics", config.progress)
     try:
-        results = _run(config, p, todo, tracker)
-        lost = [s for s in shards if not has_partial(config, p, s[0])]
-        results += _run(config, p, lost, None, refresh=True)
+        results = map_until_stored(
+            curvature.stats, todo, shards,
+            lambda task, items: task.map(unmapped(config), unmapped(p), shard=[s[0] for s in items],
+                                         start=[s[1] for s in items], stop=[s[2] for s in items]),
+            lambda items: [s for s in items if not has_partial(config, p, s[0])],
+            incomplete=f"{p['kind']} statistics of {config.index} are still incomplete: rerun `bergson fit`",
+            tracker=tracker)
     finally:
         progress.close()
-    if any(not has_partial(config, p, s[0]) for s in shards):
-        raise StoreError(f"{p['kind']} statistics of {config.index} are still incomplete: rerun `bergson fit`")
     computed = [r for r in {r["shard"]: r for r in results}.values() if not r.get("skipped")]  # refreshed ones win
     return {"kind": p["kind"], "dir": p["dir"], "source": p["source"], "shards": len(shards),
             "computed": len(computed), "seconds": sum(r.get("seconds", 0.0) for r in computed)}
-
-
-def _run(config, p, shards, tracker, refresh: bool = False) -> list[dict]:
-    if not shards:
-        return []
-    task = curvature.stats.with_options(refresh_cache=True) if refresh else curvature.stats
-    ids, starts, stops = zip(*shards)
-    futures = task.map(unmapped(config), unmapped(p), shard=list(ids), start=list(starts), stop=list(stops))
-    out = []
-    for fut in as_completed(futures):
-        out.append(fut.result())
-        if tracker:
-            tracker.step()
-    return out
 
 
 def _summary(config: FitConfig, plan: dict, passes: list[dict], result: dict, seconds: float) -> dict:

@@ -11,16 +11,16 @@ from __future__ import annotations
 import time
 
 from prefect import flow, unmapped
-from prefect.futures import as_completed
 
 from bergson_core import fs as fsu
 from bergson_core.config.eval import ValidateConfig
-from bergson_core.errors import StoreError
 from bergson_core.eval.bank import FULL_RUN, Bank, cost
 from bergson_core.eval.report import markdown_table
 from bergson_core.eval.scores import method_name
 from tasks import artifacts
 from tasks.evaluate import lds_report_task, lds_task, plan_bank, retrain_run
+
+from .mapping import map_until_stored
 
 
 @flow(name="validate", log_prints=True)
@@ -29,14 +29,16 @@ def validate(config: ValidateConfig) -> dict:
     plan = plan_bank(config)
     key = artifacts.artifact_key("validate", plan["recipe_hash"])
     tracker = artifacts.Progress(key + "-progress", len(plan["missing"]), f"Retrainings of {config.bank}")
-    runs = _retrain(config, plan, [FULL_RUN], tracker)  # first: its model is the one to attribute
-    runs.update(_retrain(config, plan, [r for r in plan["runs"] if r != FULL_RUN], tracker))
     bank = Bank(config.bank, config.storage_options)
-    lost = bank.missing(plan["runs"])  # a cached result whose files were deleted since: redo without cache
-    if lost:
-        runs.update(_retrain(config, {**plan, "missing": lost}, lost, tracker, refresh=True))
-    if bank.missing(plan["runs"]):
-        raise StoreError(f"bank {config.bank} is still incomplete after retraining: rerun `bergson validate`")
+    runs = {}
+    for group in ([FULL_RUN], [r for r in plan["runs"] if r != FULL_RUN]):  # first: its model is the one to attribute
+        for result in map_until_stored(
+                retrain_run, [r for r in group if r in plan["missing"]], group,
+                lambda task, todo: task.map(unmapped(config), todo, unmapped(plan["recipe_hash"]),
+                                            [plan["digests"][r] for r in todo]),
+                bank.missing, tracker=tracker,
+                incomplete=f"bank {config.bank} is still incomplete after retraining: rerun `bergson validate`"):
+            runs[result["run"]] = result  # a redone run's result replaces its stale cached one
     names = config.names or [method_name(s) for s in config.scores]
     results = [f.result() for f in lds_task.map(unmapped(config), config.scores, names)]
     output = config.output or fsu.join(config.bank, "report")
@@ -60,22 +62,6 @@ def validate(config: ValidateConfig) -> dict:
                                        for r in results], f"LDS per method against {config.bank}")
     artifacts.markdown(key + "-summary", _markdown(summary, report["markdown"]), f"Validation against {config.bank}")
     return summary
-
-
-def _retrain(config: ValidateConfig, plan: dict, runs: list[str], tracker, refresh: bool = False) -> dict:
-    """{run: result} for the runs still missing; a redone run's result replaces its stale cached one."""
-    todo = [r for r in runs if r in plan["missing"]]
-    if not todo:
-        return {}
-    task = retrain_run.with_options(refresh_cache=True) if refresh else retrain_run
-    futures = task.map(unmapped(config), todo, unmapped(plan["recipe_hash"]), [plan["digests"][r] for r in todo])
-    results = {}
-    for fut in as_completed(futures):
-        result = fut.result()
-        results[result["run"]] = result
-        if not refresh:
-            tracker.step()
-    return results
 
 
 def _markdown(summary: dict, lds_markdown: str) -> str:

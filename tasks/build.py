@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from bergson_core.config import BuildConfig
 from bergson_core.index.build import build_shard, prepare_build
 
 from . import progress
-from .policy import RETRIES, RETRY_DELAYS, cache_key, retry_transient
+from .policy import cache_key, gpu_task, step_task
 
 
-@task(name="plan-index", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient,
-      cache_policy=NO_CACHE)  # always look at the store: a retried run must see the shards done since
+@step_task("plan-index", cache_policy=NO_CACHE)  # always look at the store: a retried run must see the shards done since
 def plan_index(config: BuildConfig) -> dict:
     """Validate inputs, write or check index.json, and list the shards still missing."""
     plan = prepare_build(config)
@@ -31,16 +29,7 @@ def _extract_key(context, parameters) -> str:
     return cache_key("extract", cfg.spec_hash(), cfg.index, parameters["shard"])
 
 
-@task(
-    name="extract-shard",
-    tags=["gpu"],
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_transient,
-    cache_key_fn=_extract_key,
-    persist_result=True,
-    result_serializer="json",
-)
+@gpu_task("extract-shard", cache_key_fn=_extract_key)
 def extract_shard(config: BuildConfig, shard: int, start: int, stop: int) -> dict:
     """Per-document gradients of rows [start, stop) written as one Arrow shard + manifest."""
     return build_shard(config, shard, start, stop, on_batch=progress.advance)

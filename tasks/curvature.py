@@ -7,8 +7,6 @@ made from the same inputs. Retries are for transient faults only (tasks/policy.p
 
 from __future__ import annotations
 
-from prefect import task
-
 from bergson_core.config.curvature import FitConfig
 from bergson_core.curvature.run import (
     fit_and_save,
@@ -19,18 +17,16 @@ from bergson_core.curvature.run import (
 )
 
 from . import progress
-from .policy import RETRIES, RETRY_DELAYS, cache_key, retry_transient
-
-_POLICY = {"retries": RETRIES, "retry_delay_seconds": RETRY_DELAYS, "retry_condition_fn": retry_transient}
+from .policy import cache_key, gpu_task, step_task
 
 
-@task(name="plan-fit", **_POLICY)
+@step_task("plan-fit")
 def plan(config: FitConfig) -> dict:
     """Validate the options against the index; list the statistic passes and their shards."""
     return plan_fit(config)
 
 
-@task(name="plan-ekfac-lambda", **_POLICY)
+@step_task("plan-ekfac-lambda")
 def plan_lambda(config: FitConfig, fit_plan: dict, basis: str) -> dict:
     """EK-FAC's second pass, in the eigenbasis of the saved KFAC fit `basis`."""
     return lambda_pass(config, fit_plan, basis)
@@ -42,20 +38,19 @@ def _stats_key(context, parameters) -> str:
     return cache_key("stats", p["settings"]["index_spec_hash"], cfg.index, cfg.strategy, p["dir"], parameters["shard"])
 
 
-@task(name="stats-shard", tags=["gpu"], cache_key_fn=_stats_key, persist_result=True, result_serializer="json",
-      **_POLICY)
+@gpu_task("stats-shard", cache_key_fn=_stats_key)
 def stats(config: FitConfig, pass_: dict, shard: int, start: int, stop: int) -> dict:
     """One shard's partial statistics -> INDEX/stats/<pass dir>/shard-i (skipped when present)."""
     return stats_shard(config, pass_, shard, start, stop, on_batch=progress.advance)
 
 
-@task(name="reduce-stats", **_POLICY)
+@step_task("reduce-stats")
 def reduce(config: FitConfig, pass_: dict) -> dict:
     """Sum the pass's partials into INDEX/stats/<pass dir>/total."""
     return reduce_pass(config, pass_)
 
 
-@task(name="fit-preconditioner", **_POLICY)
+@step_task("fit-preconditioner")
 def fit(config: FitConfig, strategy: str, totals: dict, name: str, base: str | None = None) -> dict:
     """float64 fit from the reduced totals -> INDEX/precond/<name>/."""
     result = fit_and_save(config, strategy, totals, name, base)

@@ -3,15 +3,12 @@ bergson_core.methods.magic.run."""
 
 from __future__ import annotations
 
-from prefect import task
-
 from bergson_core.config.dynamics import MagicConfig, TracInConfig
 
-from .policy import RETRIES, RETRY_DELAYS, retry_transient
+from .policy import gpu_task, step_task
 
 
-@task(name="tracin-query-gradients", tags=["gpu"], retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=retry_transient)
+@gpu_task("tracin-query-gradients")
 def tracin_query_gradients(config: TracInConfig, k: int) -> str:
     """Query gradients at checkpoint k (index k's spec), written to OUTPUT/queries/checkpoint-k.arrow;
     reused when a file for the same index spec and queries is already there."""
@@ -25,7 +22,7 @@ def tracin_query_gradients(config: TracInConfig, k: int) -> str:
     return cached_query_gradients(meta, score_config(config, config.indexes[k]), base)["path"]
 
 
-@task(name="tracin-score", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
+@step_task("tracin-score")
 def tracin_score(config: TracInConfig, query_files: list[str]) -> dict:
     """Stream every checkpoint's shards together; sum lr-weighted scores; write topk.parquet."""
     from bergson_core.index.store import grad_matrix, read_grads
@@ -43,8 +40,7 @@ def tracin_score(config: TracInConfig, query_files: list[str]) -> dict:
     return write_tracin(config, metas, scores, docs, lrs)
 
 
-@task(name="magic-part", tags=["gpu"], retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=retry_transient)
+@gpu_task("magic-part")
 def magic_part(config: MagicConfig, lo: int, hi: int) -> dict:
     """Train forward once, then one backward pass per query in [lo, hi) (or one for their sum);
     the metagradients go to OUTPUT/parts (reused when already there for the same recipe). A retry
@@ -54,7 +50,7 @@ def magic_part(config: MagicConfig, lo: int, hi: int) -> dict:
     return run_part(config, lo, hi)
 
 
-@task(name="magic-scores", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
+@step_task("magic-scores")
 def magic_scores(config: MagicConfig, parts: list[dict]) -> dict:
     """score = -dQ/dw for every (query, document) -> topk.parquet and magic.json."""
     from bergson_core.methods.magic.run import write_scores

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from bergson_core.config import ScoreConfig
 from bergson_core.scoring.run import ensure_query_gradients, run_topk
 
 from . import progress
-from .policy import RETRIES, RETRY_DELAYS, retry_transient
+from .policy import gpu_task, step_task
 
 
-@task(name="query-gradients", tags=["gpu"], retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)  # reuse is decided by the store
+@gpu_task("query-gradients", cache_policy=NO_CACHE)  # reuse is decided by the store
 def query_gradients(config: ScoreConfig) -> dict:
     """Gradients of the queries with the index's spec (reused when already written)."""
     manifest = ensure_query_gradients(config)
     return {k: v for k, v in manifest.items() if k != "texts"}
 
 
-@task(name="score-shards", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient,
-      cache_policy=NO_CACHE)
+@step_task("score-shards", cache_policy=NO_CACHE)
 def score_shards(config: ScoreConfig, transform=None) -> dict:
     """Stream every shard in blocks, keep the top-k per query, write topk.parquet."""
     from bergson_core.index.store import Index

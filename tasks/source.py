@@ -4,14 +4,12 @@ build-index and fit-preconditioner subflows."""
 
 from __future__ import annotations
 
-from prefect import task
-
 from bergson_core.config.source import SourceConfig
 
-from .policy import RETRIES, RETRY_DELAYS, retry_transient
+from .policy import gpu_task, step_task
 
 
-@task(name="source-segment", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
+@step_task("source-segment")
 def source_segment(config: SourceConfig, plan: dict, segment: int) -> dict:
     """EK-FAC of one segment (averaged KFAC factors, eigenvalues corrected on its checkpoints' rows),
     reused when fitted from the same inputs."""
@@ -20,8 +18,7 @@ def source_segment(config: SourceConfig, plan: dict, segment: int) -> dict:
     return segment_fit(config, plan, segment)
 
 
-@task(name="source-query-gradients", tags=["gpu"], retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=retry_transient)
+@gpu_task("source-query-gradients")
 def source_query_gradients(config: SourceConfig, plan: dict) -> str:
     """The queries' gradients at the final checkpoint (OUTPUT/queries/final.arrow, reused)."""
     from bergson_core.methods.source.run import final_query_gradients
@@ -29,7 +26,7 @@ def source_query_gradients(config: SourceConfig, plan: dict) -> str:
     return final_query_gradients(config, plan)
 
 
-@task(name="source-score", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient)
+@step_task("source-score")
 def source_score(config: SourceConfig, plan: dict, query_file: str) -> dict:
     """Carry the query back through the segments, stream every checkpoint's shards, write topk.parquet."""
     from bergson_core.methods.source.run import score_source

@@ -1,17 +1,17 @@
 """The one configuration model. The same pydantic classes give the CLI flags, the YAML config file,
 the Prefect flow parameters and the dashboard form, so an option is declared exactly once here.
 
-Options are grouped in small mixins (model, data, gradient, store) and composed into one flat
-config per command; flat names keep CLI flags, YAML keys and form fields identical.
+Options are grouped in small mixins (model, data, gradient, run, the query set) and composed into
+one flat config per command; flat names keep CLI flags, YAML keys and form fields identical.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_serializer
 
 from ..version import __version__
 
@@ -104,6 +104,64 @@ class RunOptions(_Options):
         return redact(value) if info.mode_is_json() else value
 
 
+# -- the query set: declared once, mixed into every config that reads queries -----------------------
+# The blocks differ only in what their help says an unset query column falls back to (the index's
+# columns, or the command's own --text-column ...) and in whether --queries is required; the fields,
+# their defaults and their flags are the same everywhere, and so is the fallback rule (query_columns).
+QUERY_FIELDS = ("queries", "query_text_column", "query_prompt_column", "query_completion_column", "query_split")
+_QUERIES_HELP = "Query file or dataset (same formats as --dataset)."
+
+
+class QuerySet(_Options):
+    """Base of the query blocks: the fallback rule and the hand-over of a query set to another config."""
+
+    def query_columns(self, data: Any = None) -> tuple[str, str | None, str | None]:
+        """(text, prompt, completion) columns of the queries: each query column left unset is `data`'s
+        (the index's build options), by default this config's own --text-column / --prompt-column /
+        --completion-column."""
+        data = self if data is None else data
+        return (self.query_text_column or data.text_column,
+                self.query_prompt_column or data.prompt_column,
+                self.query_completion_column or data.completion_column)
+
+    def query_fields(self, *, queries: bool = True) -> dict[str, Any]:
+        """The query options as given (unset columns stay unset), to build another config from."""
+        return {k: getattr(self, k) for k in QUERY_FIELDS if queries or k != "queries"}
+
+
+def _block(name: str, doc: str, fallback: Callable[[str], str], *, required: bool = True,
+           completion_note: str = "") -> type[QuerySet]:
+    """One query block: every field declared here, for all blocks."""
+
+    def column(kind: str, note: str = "") -> Any:
+        return (str | None, Field(None, description=f"Query {kind} column (default: {fallback(kind)}){note}."))
+
+    queries = (str, Field(..., description=_QUERIES_HELP)) if required else (
+        str | None, Field(None, description=_QUERIES_HELP))
+    return create_model(
+        name,
+        __base__=QuerySet,
+        __doc__=doc,
+        __module__=__name__,
+        queries=queries,
+        query_text_column=column("text"),
+        query_prompt_column=column("prompt"),
+        query_completion_column=column("completion", completion_note),
+        query_split=(str, Field("train", description="Split for hub ids and DatasetDict folders of queries.")),
+    )
+
+
+IndexQueries = _block("IndexQueries", "A query set scored against an index: unset columns are the index's.",
+                      lambda kind: "the index's")
+OptionalIndexQueries = _block("OptionalIndexQueries", "IndexQueries with --queries optional (`bergson fit`).",
+                              lambda kind: "the index's", required=False)
+CheckpointQueries = _block("CheckpointQueries", "A query set scored against one index per checkpoint (TracIn): "
+                           "unset columns are the indexes'.", lambda kind: "the indexes'")
+QueryOptions = _block("QueryOptions", "A query set of a training recipe (validate, MAGIC, SOURCE): unset columns are "
+                      "the command's own --text-column, --prompt-column, --completion-column.",
+                      lambda kind: f"--{kind}-column", completion_note="; only its tokens carry loss")
+
+
 class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):
     """`bergson build`: compute and store per-document gradients of a corpus."""
 
@@ -137,17 +195,10 @@ class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):
         return spec_hash(self.spec())
 
 
-class ScoreConfig(RunOptions, ModelOptions):
+class ScoreConfig(IndexQueries, RunOptions, ModelOptions):
     """`bergson score`: score queries against a built index and keep the top documents."""
 
     index: str = Field(..., description="Index folder built by `bergson build` (local path or s3://).")
-    queries: str = Field(..., description="Query file or dataset (same formats as --dataset).")
-    query_text_column: str | None = Field(None, description="Query text column (default: the index's).")
-    query_prompt_column: str | None = Field(None, description="Query prompt column (default: the index's).")
-    query_completion_column: str | None = Field(
-        None, description="Query completion column (default: the index's)."
-    )
-    query_split: str = Field("train", description="Split for hub ids and DatasetDict folders of queries.")
     top_k: int = Field(10, gt=0, description="Documents kept per query.")
     metric: Literal["inner", "cosine"] = Field("cosine", description="Score: inner product or cosine.")
     aggregate: Literal["individual", "mean", "max"] = Field(

@@ -13,10 +13,10 @@ import os
 import pkgutil
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..errors import ConfigError
-from .base import BuildConfig, ModelOptions, RunOptions, ScoreConfig
+from .base import BuildConfig, IndexQueries, ModelOptions, OptionalIndexQueries, RunOptions, ScoreConfig, _Options
 
 # The strategies of bergson_core.curvature: the module names in curvature/strategies/ (each module
 # registers the strategy of that name; a test checks the two lists agree), read from the folder so
@@ -26,10 +26,6 @@ STRATEGY_NAMES = tuple(sorted(
 ))
 Strategy = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-
-
-class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # -- option groups of the curvature library --------------------------------------------------------
@@ -91,28 +87,12 @@ def apply_options(cfg) -> ApplyOptions:
     return ApplyOptions(**{k: getattr(cfg, k) for k in ApplyOptions.model_fields})
 
 
-class QueryOptions(_Options):
-    """A query set, read like `bergson score` reads it."""
-
-    queries: str | None = Field(None, description="Query file or dataset (same formats as --dataset).")
-    query_text_column: str | None = Field(None, description="Query text column (default: the index's).")
-    query_prompt_column: str | None = Field(None, description="Query prompt column (default: the index's).")
-    query_completion_column: str | None = Field(
-        None, description="Query completion column (default: the index's)."
-    )
-    query_split: str = Field("train", description="Split for hub ids and DatasetDict folders of queries.")
-
-
-def _query_fields(cfg) -> dict:
-    return {k: getattr(cfg, k) for k in QueryOptions.model_fields}
-
-
 def _run_fields(cfg) -> dict:
     return {k: getattr(cfg, k) for k in RunOptions.model_fields}
 
 
 # -- bergson fit -------------------------------------------------------------------------------
-class FitConfig(ApplyOptions, FitOptions, StatsOptions, QueryOptions, RunOptions, ModelOptions):
+class FitConfig(ApplyOptions, FitOptions, StatsOptions, OptionalIndexQueries, RunOptions, ModelOptions):
     """`bergson fit`: map curvature statistics over an index's shards, reduce them, fit a preconditioner."""
 
     index: str = Field(..., description="Index folder built by `bergson build` (local path or s3://).")
@@ -159,7 +139,7 @@ class FitConfig(ApplyOptions, FitOptions, StatsOptions, QueryOptions, RunOptions
         """The ScoreConfig whose query-gradient step gives this fit's query rows."""
         return ScoreConfig(index=self.index, output=self.query_output, model=self.model, dtype=self.dtype,
                            device=self.device, revision=self.revision, gguf_file=self.gguf_file,
-                           **_query_fields(self), **_run_fields(self))
+                           **self.query_fields(), **_run_fields(self))
 
 
 # -- bergson trackstar -------------------------------------------------------------------------
@@ -178,8 +158,7 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path.rstrip("/")))[0] or "queries"
 
 
-class _Recipe(_RecipeOptions, DampingOptions, QueryOptions, BuildConfig):
-    queries: str = Field(..., description="Query file or dataset (same formats as --dataset).")
+class _Recipe(_RecipeOptions, DampingOptions, IndexQueries, BuildConfig):
     name: str | None = Field(
         None, pattern=NAME_PATTERN, description="Name of the fitted preconditioner (default: the recipe's name)."
     )
@@ -205,8 +184,7 @@ class _Recipe(_RecipeOptions, DampingOptions, QueryOptions, BuildConfig):
                            preconditioner=self.name or self.RECIPE, top_k=self.top_k, block_rows=self.block_rows,
                            aggregate=self.aggregate, model=self.model, revision=self.revision,
                            gguf_file=self.gguf_file, dtype=self.dtype, device=self.device,
-                           **{k: getattr(self, k) for k in QueryOptions.model_fields if k != "queries"},
-                           **_run_fields(self))
+                           **self.query_fields(queries=False), **_run_fields(self))
 
 
 class TrackstarConfig(FitOptions, _Recipe):
@@ -219,8 +197,7 @@ class TrackstarConfig(FitOptions, _Recipe):
     def fit_config(self) -> FitConfig:
         return FitConfig(strategy="autocorr", stats_source="rows", unit_normalize=True, power=-0.5,
                          mix_lambda=self.mix_lambda, target_downweight_components=self.target_downweight_components,
-                         queries=self.queries, **{k: getattr(self, k) for k in QueryOptions.model_fields if k != "queries"},
-                         **self._fit_fields())
+                         **self.query_fields(), **self._fit_fields())
 
     def score_config(self) -> ScoreConfig:  # type: ignore[override]
         return super().score_config("cosine")
@@ -274,7 +251,6 @@ __all__ = [
     "EkfacConfig",
     "FitConfig",
     "FitOptions",
-    "QueryOptions",
     "StatsOptions",
     "TrackstarConfig",
     "applies_to_both_sides",

@@ -7,20 +7,15 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .base import DataOptions, ModelOptions, RunOptions
-from .eval import QueryOptions, TrainOptions
+from .base import CheckpointQueries, DataOptions, ModelOptions, QueryOptions, RunOptions
+from .eval import TrainOptions
 
 
-class TracInConfig(RunOptions):
+class TracInConfig(CheckpointQueries, RunOptions):
     """`bergson tracin`: TracIn (Pruthi et al. 2020) over several checkpoints' indexes."""
 
     indexes: list[str] = Field(..., description="One index per training checkpoint, each built by `bergson build` "
                                "with --model CHECKPOINT/model (same corpus and shard size), in training order.")
-    queries: str = Field(..., description="Query file or dataset (same formats as --dataset).")
-    query_text_column: str | None = Field(None, description="Query text column (default: the indexes').")
-    query_prompt_column: str | None = Field(None, description="Query prompt column (default: the indexes').")
-    query_completion_column: str | None = Field(None, description="Query completion column (default: the indexes').")
-    query_split: str = Field("train", description="Split for hub ids and DatasetDict folders of queries.")
     learning_rates: list[float] | None = Field(
         None, description="Weight of each checkpoint (default: read from each checkpoint's trainer_state.json).")
     lr_weight: Literal["checkpoint", "interval"] = Field(
@@ -31,9 +26,6 @@ class TracInConfig(RunOptions):
     output: str = Field(..., description="Output folder: topk.parquet, tracin.json, query gradients.")
     block_rows: int = Field(4096, gt=0, description="Corpus rows scored per block (bounds memory).")
     device: str = Field("auto", description="Torch device for the query gradients; auto = cuda when present.")
-
-
-
 
 
 class MagicConfig(QueryOptions, TrainOptions, DataOptions, ModelOptions):

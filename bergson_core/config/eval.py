@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from .base import CODE_VERSION, DataOptions, ModelOptions, _Options, spec_hash
+from .base import CODE_VERSION, QUERY_FIELDS, DataOptions, ModelOptions, QueryOptions, _Options, spec_hash
 
 
 class TrainOptions(_Options):
@@ -55,16 +55,6 @@ class SubsetOptions(_Options):
     )
 
 
-class QueryOptions(_Options):
-    queries: str = Field(..., description="Query file or dataset (same formats as --dataset).")
-    query_split: str = Field("train", description="Split for hub ids and DatasetDict folders of queries.")
-    query_text_column: str | None = Field(None, description="Query text column (default: --text-column).")
-    query_prompt_column: str | None = Field(None, description="Query prompt column (default: --prompt-column).")
-    query_completion_column: str | None = Field(
-        None, description="Query completion column (default: --completion-column); only its tokens carry loss."
-    )
-
-
 class BankOptions(QueryOptions, SubsetOptions, TrainOptions, DataOptions, ModelOptions):
     """The recipe whose retrained models' query losses make up a bank. --model is the shared init."""
 
@@ -78,7 +68,7 @@ class BankOptions(QueryOptions, SubsetOptions, TrainOptions, DataOptions, ModelO
         """Everything that changes the retrained losses (device aside); its hash guards the bank."""
         keys = [k for k in ModelOptions.model_fields if k != "device"]
         keys += list(DataOptions.model_fields) + list(TrainOptions.model_fields)
-        keys += list(SubsetOptions.model_fields) + list(QueryOptions.model_fields)
+        keys += list(SubsetOptions.model_fields) + list(QUERY_FIELDS)
         out = {k: getattr(self, k) for k in keys}
         out["code_version"] = CODE_VERSION
         return out

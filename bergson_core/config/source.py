@@ -8,8 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import BuildConfig, DataOptions, GradientOptions, RunOptions
-from .eval import QueryOptions
+from .base import BuildConfig, DataOptions, GradientOptions, QueryOptions, RunOptions
 
 
 class SourceConfig(QueryOptions, RunOptions, GradientOptions, DataOptions):

@@ -279,6 +279,4 @@ def ekfac_mode(cfg: EkfacConfig) -> str:
 def check_queries(cfg) -> None:
     """Refuse a query set without the columns the options name (before any work starts)."""
     queries = open_corpus(cfg.queries, cfg.query_split, cfg.storage_options)
-    check_data_columns(queries, cfg.query_text_column or cfg.text_column,
-                       cfg.query_prompt_column or cfg.prompt_column,
-                       cfg.query_completion_column or cfg.completion_column)
+    check_data_columns(queries, *cfg.query_columns())

@@ -46,12 +46,6 @@ class BankPlan:
         return self.bank.missing(self.runs)
 
 
-def query_columns(cfg: BankOptions) -> tuple[str, str | None, str | None]:
-    prompt = cfg.query_prompt_column or cfg.prompt_column
-    completion = cfg.query_completion_column or cfg.completion_column
-    return cfg.query_text_column or cfg.text_column, prompt, completion
-
-
 def prepare_bank(cfg: BankOptions, write: bool = True) -> BankPlan:
     """Validate the recipe's model, corpus and queries, draw the subsets, create (or check) the bank."""
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -59,7 +53,7 @@ def prepare_bank(cfg: BankOptions, write: bool = True) -> BankPlan:
     corpus = open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
     check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column)
     queries = open_corpus(cfg.queries, cfg.query_split, cfg.storage_options)
-    check_data_columns(queries, *query_columns(cfg))
+    check_data_columns(queries, *cfg.query_columns())
     loaded = load_model(training_options(cfg))
     with loaded.lock:
         init = model_fingerprint(loaded.model)
@@ -93,7 +87,7 @@ def _tokenized(cfg: BankOptions, tokenizer) -> tuple[list[Doc], list[Doc]]:
             queries = open_corpus(cfg.queries, cfg.query_split, cfg.storage_options)
             docs = tokenize_rows(corpus, 0, len(corpus), tokenizer, cfg.max_length, cfg.text_column,
                                  cfg.prompt_column, cfg.completion_column, cfg.id_column)
-            qdocs = tokenize_rows(queries, 0, len(queries), tokenizer, cfg.max_length, *query_columns(cfg))
+            qdocs = tokenize_rows(queries, 0, len(queries), tokenizer, cfg.max_length, *cfg.query_columns())
             _TOKENIZED[key] = (docs, qdocs)
         return _TOKENIZED[key]
 

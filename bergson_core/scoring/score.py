@@ -53,9 +53,7 @@ def query_gradients(meta: dict, cfg: ScoreConfig) -> QueryGradients:
     """Gradients of the queries with exactly the index's gradient spec; refuses a mismatch."""
     bcfg = index_build_config(meta, cfg)
     queries = open_corpus(cfg.queries, cfg.query_split, cfg.storage_options)
-    text_col = cfg.query_text_column or bcfg.text_column
-    prompt_col = cfg.query_prompt_column or bcfg.prompt_column
-    comp_col = cfg.query_completion_column or bcfg.completion_column
+    text_col, prompt_col, comp_col = cfg.query_columns(bcfg)
     check_data_columns(queries, text_col, prompt_col, comp_col)
     check_optimizer_state(bcfg, meta)
     loaded = load_model(bcfg)

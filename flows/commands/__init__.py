@@ -1,10 +1,140 @@
-"""One module per `bergson` subcommand. Each defines NAME, HELP, add_arguments(parser) and
-run(args) -> exit code; the CLI discovers them here, so a new command is a new file."""
+"""`bergson`'s subcommands, declared in one table (COMMANDS, in the order `bergson --help` lists them).
 
+Most commands have one shape: flags generated from a pydantic config (flows/options.py), inputs
+validated and the model loaded while Prefect starts (`preload`, in preload.py), then one flow run,
+then its result printed (`render`, in show.py). Such a command is one row of the table. Commands
+with their own flags and steps (inspect, status, deploy, demo, benchmark) keep a module with
+`add_arguments(parser)` and `run(args) -> exit code`, named by their row.
+
+From Python, `launch(name, config)` runs a command's flow exactly as the CLI does (preload while
+Prefect starts, then the flow) and returns the flow's result.
+"""
+
+from __future__ import annotations
+
+import argparse
 import importlib
-import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from bergson_core.config import BuildConfig, ScoreConfig
+from bergson_core.config.curvature import STRATEGY_NAMES, EkfacConfig, FitConfig, TrackstarConfig
+from bergson_core.config.dynamics import MagicConfig, TracInConfig
+from bergson_core.config.eval import RecallConfig, ValidateConfig
+from bergson_core.config.source import SourceConfig
+
+from ..build_cli import launch_build
+from . import preload, show
 
 
-def discover() -> list:
-    mods = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)]
-    return sorted((m for m in mods if hasattr(m, "NAME")), key=lambda m: getattr(m, "ORDER", 100))
+@dataclass(frozen=True)
+class Command:
+    """One subcommand. Either a flow command (config + flow, optionally preload / check / render) or
+    a command with its own module (`module`: add_arguments(parser) and run(args))."""
+
+    name: str
+    help: str
+    config: type[BaseModel] | None = None  # its fields are the flags, YAML keys and flow parameters
+    positional: tuple[str, ...] = ()  # fields given as positional arguments (INDEX, BANK)
+    flow: str = ""  # "module:function" of the flow, imported after Prefect has started
+    preload: Callable[[Any], Any] | None = None  # validation and loading, run while Prefect starts
+    check: Callable[[Any], Any] | None = None  # cheap checks run before Prefect starts (nothing to load)
+    launcher: Callable[[Any], dict] | None = None  # replaces preload + flow (build's head start)
+    render: Callable[[dict], None] | None = None  # prints the flow's result
+    module: str = ""  # a command with its own flags and steps: flows.commands.<module>
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        if self.module:
+            self._module().add_arguments(parser)
+        else:
+            from ..options import add_model_arguments
+
+            add_model_arguments(parser, self.config, positional=self.positional)
+
+    def run(self, args: argparse.Namespace) -> int:
+        """The CLI: flags (and --config YAML) -> config -> launch -> render; the exit status."""
+        if self.module:
+            return self._module().run(args)
+        from ..options import build_config
+
+        result = self.launch(build_config(self.config, args))
+        if self.render:
+            self.render(result)
+        return 0
+
+    def launch(self, cfg: BaseModel) -> dict:
+        """Run the command's flow on a config exactly as the CLI does; returns the flow's result."""
+        from ..startup import overlapped, start_prefect
+
+        if self.launcher:
+            return self.launcher(cfg)
+        if self.check:  # fail fast, before Prefect starts
+            self.check(cfg)
+        if self.preload:
+            overlapped(lambda: self.preload(cfg))
+        else:
+            start_prefect()
+        module, function = self.flow.split(":")
+        return getattr(importlib.import_module(module), function)(cfg)
+
+    def _module(self):
+        return importlib.import_module(f"{__name__}.{self.module}")
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("build", "Compute per-document gradients of a corpus into an index (local path or s3:// URL).",
+            BuildConfig, ("index",), flow="flows.build:build_index", launcher=launch_build, render=show.build),
+    Command("score", "Score queries against an index; write DIR/topk.parquet (query_index, rank, doc_index, score, "
+            "doc_id, text).",
+            ScoreConfig, ("index",), flow="flows.score:score", preload=preload.score, render=show.topk),
+    Command("fit", f"Fit a preconditioner over an index ({', '.join(STRATEGY_NAMES)}): per-shard statistics, reduced, "
+            "fitted in float64, saved as INDEX/precond/NAME for `bergson score --preconditioner`.",
+            FitConfig, ("index",), flow="flows.fit:fit", preload=preload.fit, render=show.fit),
+    Command("trackstar", "TrackStar in one command: build an index of projected gradients (Adam/Adafactor-normalised "
+            "with --optimizer-state), fit the unit-normalised gradient covariance of corpus and queries, score cosine "
+            "similarity of H^-1/2-preconditioned gradients; writes OUTPUT/topk.parquet.",
+            TrackstarConfig, ("index",), flow="flows.trackstar:trackstar", preload=preload.trackstar,
+            render=show.topk),
+    Command("ekfac", "EK-FAC influence in one command: fit EK-FAC over the corpus, precondition the query gradients, "
+            "score them against the corpus gradients (inner products, kronfluence's sign). --mode exact recomputes "
+            "full, unprojected corpus gradients (the default for small corpora); --mode projected scores through a "
+            "randomly projected index and is an APPROXIMATION of the exact scores. Writes OUTPUT/topk.parquet.",
+            EkfacConfig, ("index",), flow="flows.ekfac:ekfac", preload=preload.ekfac, render=show.ekfac),
+    Command("inspect", "Show an index's layout, sizes and health; exit 1 when shards are missing or corrupt.",
+            module="inspect"),
+    Command("status", "What an index holds: complete / missing / corrupt shards, scores, preconditioners; exit 1 if "
+            "incomplete.", module="status"),
+    Command("validate", "LDS of score files: retrain on subsets (a stored, reusable bank of query losses) and "
+            "correlate.",
+            ValidateConfig, ("bank",), flow="flows.validate:validate", preload=preload.validate,
+            render=show.validate),
+    Command("recall", "MRR and recall@k of each query's known supporting documents in score files' rankings.",
+            RecallConfig, flow="flows.recall:recall", check=preload.recall, render=show.recall),
+    Command("deploy", "Register work pool, result storage, gpu concurrency limit and deployments with a Prefect "
+            "server.", module="deploy"),
+    Command("tracin", "TracIn over training checkpoints: sum_k lr_k <g_q, g_d> from one index per checkpoint; writes "
+            "DIR/topk.parquet (usable by `bergson validate`).",
+            TracInConfig, flow="flows.tracin:tracin", preload=preload.tracin, render=show.tracin),
+    Command("magic", "MAGIC: exact gradient of each query's loss after training w.r.t. every document's (or token's) "
+            "weight, by reverse-mode through the optimizer steps; writes DIR/topk.parquet (usable by `bergson "
+            "validate`).",
+            MagicConfig, flow="flows.magic:magic", preload=preload.magic, render=show.magic),
+    Command("source", "SOURCE: approximate unrolling over training checkpoints grouped in segments (per-segment "
+            "EK-FAC, the query carried back through the segments); writes DIR/topk.parquet (usable by `bergson "
+            "validate`).",
+            SourceConfig, flow="flows.source:source", preload=preload.source, render=show.source),
+    Command("demo", "Offline demo: tiny model + topical corpus, build, score, print the top documents per query.",
+            module="demo"),
+    Command("benchmark", "Regenerate the bundled results table (LDS, recall@10, wall time per method) on a tiny facts "
+            "task.", module="benchmark"),
+)
+
+BY_NAME = {c.name: c for c in COMMANDS}
+
+
+def launch(name: str, cfg: BaseModel) -> dict:
+    """Run command `name`'s flow on `cfg` as the CLI does (preload while Prefect starts, then the
+    flow); returns the flow's result. E.g. launch("score", ScoreConfig(index=..., queries=...))."""
+    return BY_NAME[name].launch(cfg)

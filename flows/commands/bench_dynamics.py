@@ -1,5 +1,5 @@
 """Benchmark rows of the training-dynamics methods (TracIn over checkpoints, SOURCE, MAGIC), listed
-in `bergson benchmark`'s explicit registry (benchmark.methods()). Not a command (no NAME).
+in `bergson benchmark`'s explicit registry (benchmark.methods()). Not a command (no row in COMMANDS).
 
 Every row reads the bank's recipe (bank.json), so it attributes exactly the run the bank retrains:
 TracIn and SOURCE retrain it once with checkpoints (bit-identical weights: the trainer is
@@ -59,16 +59,16 @@ def _tracin(bench: Bench) -> str:
     from bergson_core.config.dynamics import TracInConfig
 
     from ..tracin import tracin
-    from .build import run_build
+    from . import launch
 
     root = os.path.join(bench.workdir, "tracin")
     shutil.rmtree(root, ignore_errors=True)
     indexes = []
     for checkpoint in _checkpointed_run(bench, os.path.join(root, "run"), TRACIN_CHECKPOINTS):
         index = os.path.join(root, "indexes", os.path.basename(checkpoint))
-        run_build(BuildConfig(index=index, model=os.path.join(checkpoint, "model"), dataset=bench.corpus,
-                              id_column="id", projection_dim=bench.projection_dim, loss_reduction="mean",
-                              grad_dtype="float32", progress=False))
+        launch("build", BuildConfig(index=index, model=os.path.join(checkpoint, "model"), dataset=bench.corpus,
+                                       id_column="id", projection_dim=bench.projection_dim,
+                                       loss_reduction="mean", grad_dtype="float32", progress=False))
         indexes.append(index)
     summary = tracin(TracInConfig(indexes=indexes, queries=bench.queries, query_prompt_column="prompt",
                                   query_completion_column="completion", output=os.path.join(root, "scores"),

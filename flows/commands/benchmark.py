@@ -16,9 +16,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-NAME, ORDER = "benchmark", 95
-HELP = "Regenerate the bundled results table (LDS, recall@10, wall time per method) on a tiny facts task."
-
 
 @dataclass
 class Bench:
@@ -36,8 +33,7 @@ class Bench:
         topk.parquet path."""
         from bergson_core.config import BuildConfig, ScoreConfig
 
-        from .build import run_build
-        from .score import run_score
+        from . import launch
 
         index = os.path.join(self.workdir, "indexes", slug)
         out = os.path.join(self.workdir, "scores", slug)
@@ -46,11 +42,11 @@ class Bench:
         bcfg = BuildConfig(**{"index": index, "model": self.model, "dataset": self.corpus, "id_column": "id",
                               "projection_dim": self.projection_dim, "loss_reduction": "mean",
                               "grad_dtype": "float32", "progress": False, **(build or {})})
-        run_build(bcfg)
+        launch("build", bcfg)
         scfg = ScoreConfig(**{"index": index, "queries": self.queries, "query_prompt_column": "prompt",
                               "query_completion_column": "completion", "top_k": self.documents,
                               "output": out, "progress": False, **(score or {})})
-        return run_score(scfg)["output"]
+        return launch("score", scfg)["output"]
 
     def write_scores(self, slug: str, scores) -> str:
         """Write a dense [queries, documents] score matrix as a score file."""
@@ -180,8 +176,7 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
     )
     from bergson_core.eval.retrain import full_model_path
 
-    from .recall import run_recall
-    from .validate import run_validate
+    from . import launch
 
     t0 = time.perf_counter()
     registry = globals()["methods"]()  # the parameter `methods` shadows the function here
@@ -204,7 +199,7 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
                   queries=paths["queries"], query_prompt_column="prompt", query_completion_column="completion",
                   max_length=32, **setup.train_options(), num_subsets=setup.num_subsets,
                   subset_fraction=setup.subset_fraction, overwrite=True)
-    bank_only = run_validate(ValidateConfig(**recipe))  # the full model and every retraining (kept if done)
+    bank_only = launch("validate", ValidateConfig(**recipe))  # the full model and every retraining (kept if done)
     bench = Bench(workdir, paths["corpus"], paths["queries"], full_model_path(ValidateConfig(**recipe)),
                   bank_only["documents"], setup.projection_dim)
     chosen = [m for m in registry if not methods or m in methods]
@@ -217,10 +212,10 @@ def run_benchmark(workdir: str, output: str, methods: list[str] | None = None, n
         t = time.perf_counter()
         files.append(registry[name][0](bench))
         seconds[name] = time.perf_counter() - t
-    lds = run_validate(ValidateConfig(**recipe, scores=files, names=chosen,
-                                      output=os.path.join(workdir, "report")))
-    recall = run_recall(RecallConfig(queries=paths["queries"], scores=files, names=chosen, ks=[1, 10],
-                                     output=os.path.join(workdir, "recall")))
+    lds = launch("validate", ValidateConfig(**recipe, scores=files, names=chosen,
+                                            output=os.path.join(workdir, "report")))
+    recall = launch("recall", RecallConfig(queries=paths["queries"], scores=files, names=chosen, ks=[1, 10],
+                                           output=os.path.join(workdir, "recall")))
     by_name = {m["method"]: m for m in recall["methods"]}
     rows = []
     for m in lds["methods"]:

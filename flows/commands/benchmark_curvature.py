@@ -35,19 +35,19 @@ def _optimizer_state(bench: Bench) -> str | None:
 def _trackstar(bench: Bench) -> str:
     from bergson_core.config.curvature import TrackstarConfig
 
-    from .trackstar import run_trackstar
+    from . import launch
 
     index, out = _fresh(bench, "trackstar")
     cfg = TrackstarConfig(**_common(bench, index, out), projection_dim=bench.projection_dim,
                           optimizer_state=_optimizer_state(bench))
-    return run_trackstar(cfg)["output"]
+    return launch("trackstar", cfg)["output"]
 
 
 @method("EK-FAC influence", "EK-FAC fitted on the corpus (full gradients, exact mode), g_q^T (F + damping)^-1 g_d")
 def _ekfac(bench: Bench) -> str:
     from bergson_core.config.curvature import EkfacConfig
 
-    from .ekfac import run_ekfac
+    from . import launch
 
     index, out = _fresh(bench, "ekfac")
-    return run_ekfac(EkfacConfig(**_common(bench, index, out), mode="exact"))["output"]
+    return launch("ekfac", EkfacConfig(**_common(bench, index, out), mode="exact"))["output"]

@@ -7,11 +7,6 @@ from bergson_core.config import BuildConfig, ScoreConfig
 
 from ..options import validate
 from ..startup import overlapped
-from .build import run_build
-from .score import run_score
-
-NAME, ORDER = "demo", 90
-HELP = "Offline demo: tiny model + topical corpus, build, score, print the top documents per query."
 
 
 def add_arguments(parser) -> None:
@@ -23,6 +18,7 @@ def run(args) -> int:
     from bergson_core.eval.demo import prepare_demo, topic_precision
 
     from .. import render
+    from . import launch
 
     workdir = os.path.abspath(args.workdir)
     print(f"demo workspace: {workdir}")
@@ -31,8 +27,8 @@ def run(args) -> int:
     build = validate(BuildConfig, {"index": paths["index"], "model": paths["model"], "dataset": paths["corpus"],
                                    "id_column": "id", "projection_dim": args.projection_dim, "shard_size": 100,
                                    "overwrite": True})
-    render.build_summary(run_build(build))
-    result = run_score(validate(ScoreConfig, {"index": paths["index"], "queries": paths["queries"], "top_k": 3}))
+    render.build_summary(launch("build", build))
+    result = launch("score", validate(ScoreConfig, {"index": paths["index"], "queries": paths["queries"], "top_k": 3}))
     render.topk(result)
     hits, total = topic_precision(result["rows"], paths["corpus"], paths["queries"])
     print(f"Each query is about one topic (8 topics, so chance is 1 in 8). {hits} of the {total} retrieved "

@@ -22,9 +22,6 @@ from pathlib import Path
 
 from bergson_core.errors import ConfigError, UserError
 
-NAME, ORDER = "deploy", 60
-HELP = "Register work pool, result storage, gpu concurrency limit and deployments with a Prefect server."
-
 POOL_TYPES = ("process", "docker", "kubernetes")
 RESULTS_BLOCK = "bergson-results"
 NIGHTLY_SLUG = "nightly-corpus-build"

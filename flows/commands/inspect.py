@@ -2,9 +2,6 @@
 
 import json
 
-NAME, ORDER = "inspect", 30
-HELP = "Show an index's layout, sizes and health; exit 1 when shards are missing or corrupt."
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("index", help="Index folder (local path or s3:// URL).")

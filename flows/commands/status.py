@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 
-NAME, ORDER = "status", 35
-HELP = "What an index holds: complete / missing / corrupt shards, scores, preconditioners; exit 1 if incomplete."
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("index", help="Index folder (local path or s3:// URL).")

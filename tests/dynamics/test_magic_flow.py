@@ -52,7 +52,7 @@ def test_score_file_is_minus_the_metagradient(facts, tmp_path):
 
 def test_cli_flow_resumes_and_validates(facts, tmp_path, prefect_api):
     from bergson_core.config.eval import ValidateConfig
-    from flows.commands.validate import run_validate
+    from flows.commands import launch
 
     out = tmp_path / "cli"
     args = ["magic", "--model", facts["model"], "--dataset", facts["dataset"], "--queries", facts["queries"],
@@ -73,7 +73,7 @@ def test_cli_flow_resumes_and_validates(facts, tmp_path, prefect_api):
                                rtol=1e-5, atol=1e-6 * np.abs(want).max())
     torch.set_num_threads(1)
     keep = {k: v for k, v in RECIPE.items() if k != "device"}
-    report = run_validate(ValidateConfig(
+    report = launch("validate", ValidateConfig(
         bank=str(tmp_path / "bank"), model=facts["model"], dataset=facts["dataset"], queries=facts["queries"],
         num_subsets=8, scores=[str(out / "topk.parquet")], names=["magic"], **keep))
     lds = report["methods"][0]["lds"]

@@ -30,8 +30,7 @@ def load_recipe(cfg):
     corpus = open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
     check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column)
     queries = open_corpus(cfg.queries, cfg.query_split, cfg.storage_options)
-    qcols = (cfg.query_text_column or cfg.text_column, cfg.query_prompt_column or cfg.prompt_column,
-             cfg.query_completion_column or cfg.completion_column)
+    qcols = cfg.query_columns()
     check_data_columns(queries, *qcols)
     loaded = _loaded(cfg)
     with loaded.lock:

@@ -139,10 +139,7 @@ def load_segments(cfg: SourceConfig, plan: dict) -> list[Segment]:
 
 
 def _score_config(cfg: SourceConfig, index: str) -> ScoreConfig:
-    return ScoreConfig(index=index, queries=cfg.queries, query_text_column=cfg.query_text_column,
-                       query_prompt_column=cfg.query_prompt_column,
-                       query_completion_column=cfg.query_completion_column, query_split=cfg.query_split,
-                       dtype=cfg.dtype, device=cfg.device, batch_tokens=cfg.batch_tokens,
+    return ScoreConfig(index=index, **cfg.query_fields(), dtype=cfg.dtype, device=cfg.device, batch_tokens=cfg.batch_tokens,
                        storage_options=cfg.storage_options, progress=False)
 
 

@@ -93,10 +93,7 @@ def learning_rates(cfg: TracInConfig, metas: list[dict]) -> list[float]:
 
 
 def score_config(cfg: TracInConfig, index: str) -> ScoreConfig:
-    return ScoreConfig(index=index, queries=cfg.queries, query_text_column=cfg.query_text_column,
-                       query_prompt_column=cfg.query_prompt_column,
-                       query_completion_column=cfg.query_completion_column, query_split=cfg.query_split,
-                       device=cfg.device, batch_tokens=cfg.batch_tokens, storage_options=cfg.storage_options,
+    return ScoreConfig(index=index, **cfg.query_fields(), device=cfg.device, batch_tokens=cfg.batch_tokens, storage_options=cfg.storage_options,
                        progress=False)
 
 

@@ -1,28 +1,10 @@
-"""`bergson build INDEX --model M --dataset D`: compute per-document gradients into an index."""
+"""How `bergson build` launches the build-index flow (its entry in flows/commands/): validation and
+model loading while Prefect starts and, when this process starts its own Prefect API, the first
+missing shard computed meanwhile (the head start), counted in the flow's summary."""
 
 from bergson_core.config import BuildConfig
 
-from ..options import add_model_arguments, build_config
-from ..startup import overlapped
-
-NAME, ORDER = "build", 10
-HELP = "Compute per-document gradients of a corpus into an index (local path or s3:// URL)."
-
-
-def add_arguments(parser) -> None:
-    add_model_arguments(parser, BuildConfig, positional=("index",))
-
-
-def run(args) -> int:
-    from .. import render
-
-    result = run_build(build_config(BuildConfig, args))
-    if result.get("nothing_to_do"):
-        render.console.print(f"index {result['index']} is complete ({result['shards']} shards, "
-                             f"{result['documents']:,} documents) and its inputs are unchanged: nothing to do")
-        return 0
-    render.build_summary(result)
-    return 0
+from .startup import overlapped
 
 
 def _embedded_api() -> bool:
@@ -32,7 +14,7 @@ def _embedded_api() -> bool:
     return not PREFECT_API_URL.value()
 
 
-def run_build(cfg: BuildConfig) -> dict:
+def launch_build(cfg: BuildConfig) -> dict:
     from bergson_core.index.stamps import nothing_to_do
 
     done = nothing_to_do(cfg)  # every shard there, inputs unchanged: no model load, no Prefect start
@@ -41,10 +23,10 @@ def run_build(cfg: BuildConfig) -> dict:
     import contextlib
 
     with contextlib.ExitStack() as held:  # the index's lease, held until the flow (which joins it) ends
-        return _run_build(cfg, held)
+        return _launch_build(cfg, held)
 
 
-def _run_build(cfg: BuildConfig, held) -> dict:
+def _launch_build(cfg: BuildConfig, held) -> dict:
     def preload():  # imports torch inside the thread, so the API server starts first
         from bergson_core.index.build import prepare_build
         from bergson_core.lease import hold
@@ -58,7 +40,7 @@ def _run_build(cfg: BuildConfig, held) -> dict:
         return head_start(cfg, prepare_build(cfg))
 
     first = overlapped(preload)  # validate + load (+ the first shard) while Prefect starts
-    from ..build import build_index
+    from .build import build_index
 
     return count_head_start(build_index(cfg), first)
 
