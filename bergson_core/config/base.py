@@ -130,6 +130,8 @@ class ScoreConfig(RunOptions, ModelOptions):
     )
     query_split: str = Field("train", description="Split for hub ids and DatasetDict folders of queries.")
     top_k: int = Field(10, gt=0, description="Documents kept per query.")
+    show: int = Field(5, ge=0, description="Documents shown per query in the terminal and the dashboard table "
+                      "(topk.parquet holds all top-k).")
     metric: Literal["inner", "cosine"] = Field("cosine", description="Score: inner product or cosine.")
     aggregate: Literal["individual", "mean", "max"] = Field(
         "individual", description="Score each query, or the mean / max over all queries as one."

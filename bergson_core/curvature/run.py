@@ -282,3 +282,30 @@ def check_queries(cfg) -> None:
     check_data_columns(queries, cfg.query_text_column or cfg.text_column,
                        cfg.query_prompt_column or cfg.prompt_column,
                        cfg.query_completion_column or cfg.completion_column)
+
+
+def pick_corpus_gradients(cfg: EkfacConfig, bcfg) -> dict:
+    """Exact mode: where the corpus gradients scored against the queries come from, and why.
+
+    Both ways cost one gradient pass over the corpus when nothing is stored yet; storing adds
+    writing and reading back every full float32 gradient (documents x width x 4 bytes), so it only
+    pays off when the index is already complete (reading costs no model pass). Scores are the same
+    either way (recompute_topk rounds rows to the stored dtype)."""
+    _, modules, corpus = load_for_spec(bcfg)
+    width = sum(m.width for m in modules)
+    nbytes = len(corpus) * width * 4
+    size = f"{len(corpus):,} documents x {width:,} numbers x 4 bytes = {nbytes / 2**30:.2f} GiB"
+    index = Index(bcfg.index, bcfg.storage_options)
+    complete = False
+    if index.exists():
+        meta = index.meta()
+        complete = meta.get("spec_hash") == bcfg.spec_hash() and len(index.manifests()) == meta["num_shards"]
+    if cfg.corpus_gradients != "auto":
+        picked, why = cfg.corpus_gradients, "asked for (--corpus-gradients)"
+    elif complete:
+        picked, why = "stored", "the full-gradient index is already complete: streaming it costs no model pass"
+    else:
+        picked, why = "recompute", ("storing would cost the same gradient pass plus writing and reading back "
+                                    f"{size}; recomputing while scoring costs only the gradient pass")
+    return {"picked": picked, "reason": why, "bytes": nbytes, "width": width, "documents": len(corpus),
+            "index_complete": complete}
