@@ -309,3 +309,41 @@ def pick_corpus_gradients(cfg: EkfacConfig, bcfg) -> dict:
                                     f"{size}; recomputing while scoring costs only the gradient pass")
     return {"picked": picked, "reason": why, "bytes": nbytes, "width": width, "documents": len(corpus),
             "index_complete": complete}
+
+
+def fit_in_process(cfg: FitConfig) -> dict:
+    """`bergson fit` as plain function calls in this process (no Prefect, no queries): plan, map,
+    reduce and fit, then EK-FAC's eigenvalue pass. For tests and benchmarks."""
+    plan = plan_fit(cfg)
+    totals = {}
+    for p in plan["passes"]:
+        for shard, start, stop in p["shards"]:
+            stats_shard(cfg, p, shard, start, stop)
+        totals[p["kind"]] = reduce_pass(cfg, p)
+    if cfg.strategy != "ekfac":
+        return fit_and_save(cfg, cfg.strategy, totals, plan["name"])
+    basis = basis_name(cfg)
+    fit_and_save(cfg, "kfac", {"kfac": totals.pop("kfac")}, basis)
+    p = lambda_pass(cfg, plan, basis)
+    for shard, start, stop in p["shards"]:
+        stats_shard(cfg, p, shard, start, stop)
+    return fit_and_save(cfg, "ekfac", {"ekfac-lambda": reduce_pass(cfg, p)}, plan["name"], basis)
+
+
+def ekfac_exact_in_process(cfg: EkfacConfig) -> dict:
+    """`bergson ekfac --mode exact` as plain function calls in this process (no Prefect): the same
+    steps and choice of corpus gradients as flows/ekfac.py. For tests and benchmarks."""
+    from ..index.build import build_shard, prepare_build
+    from ..scoring.run import ensure_query_gradients, recompute_topk, run_topk
+
+    bcfg = cfg.build_config("exact")
+    source = pick_corpus_gradients(cfg, bcfg)
+    plan = prepare_build(bcfg)
+    if source["picked"] == "stored":
+        for shard, start, stop in plan.missing():
+            build_shard(bcfg, shard, start, stop)
+    fit_in_process(cfg.fit_config("exact"))
+    scfg = cfg.score_config()
+    ensure_query_gradients(scfg)
+    result = run_topk(scfg) if source["picked"] == "stored" else recompute_topk(scfg)
+    return {**result, "mode": "exact", "corpus_gradients": source}

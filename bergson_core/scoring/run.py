@@ -52,11 +52,11 @@ def load_query_gradients(cfg: ScoreConfig) -> tuple[np.ndarray, dict]:
     return np.array(grad_matrix(table), dtype=np.float32), manifest
 
 
-def preconditioner_transforms(cfg: ScoreConfig, meta: dict | None = None):
+def preconditioner_transforms(cfg: ScoreConfig, meta: dict | None = None, dtype: torch.dtype = torch.float64):
     """(query transform, document transform or None, description) of --preconditioner NAME, applied
     with the options it was fitted with; (None, None, None) without one. A preconditioner fitted in
     another gradient space (projection, bias) or on other modules is refused (StoreError). The
-    transforms return float64 rows (the preconditioner is applied in float64)."""
+    transforms return rows in `dtype` (the precision of the rotations; see curvature.apply)."""
     if not cfg.preconditioner:
         return None, None, None
     from .. import curvature as C
@@ -71,8 +71,10 @@ def preconditioner_transforms(cfg: ScoreConfig, meta: dict | None = None):
                          f"{cfg.index} tracks: refit it for this index (`bergson fit`)")
     opts = ApplyOptions(**fit.meta.get("apply", {}))
 
-    def precondition(rows: np.ndarray) -> np.ndarray:  # [N, D] -> [N, D] float64
-        return C.apply(fit, np.asarray(rows, dtype=np.float64), opts)
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+
+    def precondition(rows: np.ndarray) -> np.ndarray:  # [N, D] -> [N, D] in dtype
+        return C.apply(fit, np.asarray(rows, dtype=np_dtype), opts, dtype=dtype)
 
     both = applies_to_both_sides(opts)
     info = {"name": cfg.preconditioner, "strategy": fit.strategy, "both_sides": both, **opts.model_dump()}
@@ -116,13 +118,14 @@ def run_topk(cfg: ScoreConfig, on_shard=None, transform=None, doc_transform=None
     index = Index(cfg.index, cfg.storage_options)
     meta = index.meta()
     precond = None
+    dtype = score_dtype(meta, cfg)
     if transform is None and doc_transform is None:
-        transform, doc_transform, precond = preconditioner_transforms(cfg, meta)
+        transform, doc_transform, precond = preconditioner_transforms(cfg, meta, dtype)
     q, qman = load_query_gradients(cfg)
     t0 = time.perf_counter()
     scores, docs = score_index(
         index, q, cfg.metric, cfg.aggregate, cfg.top_k, cfg.block_rows, on_shard=on_shard, transform=transform,
-        doc_transform=doc_transform, dtype=score_dtype(meta, cfg),
+        doc_transform=doc_transform, dtype=dtype,
     )
     return _finish(cfg, meta, qman, scores, docs, time.perf_counter() - t0, precond, corpus_gradients="stored")
 
@@ -138,7 +141,8 @@ def recompute_topk(cfg: ScoreConfig, on_rows=None) -> dict:
 
     index = Index(cfg.index, cfg.storage_options)
     meta = index.meta()
-    transform, doc_transform, precond = preconditioner_transforms(cfg, meta)
+    dtype = score_dtype(meta, cfg)
+    transform, doc_transform, precond = preconditioner_transforms(cfg, meta, dtype)
     q, qman = load_query_gradients(cfg)
     t0 = time.perf_counter()
     bcfg = index_build_config(meta, cfg)
@@ -148,7 +152,6 @@ def recompute_topk(cfg: ScoreConfig, on_rows=None) -> dict:
     if corpus.fingerprint != meta["dataset"]["fingerprint"]:
         raise StoreError(f"the corpus {bcfg.dataset} changed since index {cfg.index} was built: rebuild the index")
     normalizers = open_normalizers(bcfg, loaded, modules)
-    dtype = score_dtype(meta, cfg)
     qt = prepare_queries(q if transform is None else transform(q), cfg.metric, cfg.aggregate, dtype)
     top = TopK(1 if cfg.aggregate in ("mean", "max") else qt.shape[0], cfg.top_k, dtype)
     decode = BlockDecoder(dtype)
