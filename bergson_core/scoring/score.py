@@ -61,10 +61,17 @@ def query_gradients(meta: dict, cfg: ScoreConfig) -> QueryGradients:
     docs = tokenize_rows(
         queries, 0, len(queries), loaded.tokenizer, bcfg.max_length, text_col, prompt_col, comp_col, None
     )
-    grads, _ = compute_gradients(loaded, modules, docs, bcfg, cfg.batch_tokens,
-                                 normalizers=open_normalizers(bcfg, loaded, modules))
+    normalizers = open_normalizers(bcfg, loaded, modules)
+    width = sum(m.width for m in modules)
+    grads = np.zeros((len(docs), width), dtype=np.float32)
+    step = rows_per_block(width, len(docs) or 1)  # a bounded block of queries at a time: wide rows held once
+    for lo in range(0, len(docs), step):
+        block, _ = compute_gradients(loaded, modules, docs[lo : lo + step], bcfg, cfg.batch_tokens,
+                                     normalizers=normalizers)
+        grads[lo : lo + step] = block
+        del block
     texts = preview_texts(queries, list(range(len(queries))), text_col, prompt_col, comp_col)
-    return QueryGradients(grads.astype(np.float32), texts)
+    return QueryGradients(grads, texts)
 
 
 def preview_texts(corpus, rows: list[int], text_col, prompt_col=None, comp_col=None, width: int = 160) -> list[str]:
