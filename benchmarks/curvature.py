@@ -20,6 +20,20 @@ Every job runs --repeats times in a rotating order and the table shows medians.
     .venv/bin/python benchmarks/curvature.py             # defaults below
     .venv/bin/python benchmarks/curvature.py --docs 128  # smaller
 
+Whole process (issue 17): `--whole-process` builds the issue's task instead (a 2-layer GPT-2,
+n_embd 128, from a config, a word-level tokenizer and generated text: 1,000 training sequences of
+10-20 tokens, 100 queries) and runs, one after the other, the real `bergson ekfac --mode exact`
+(full ranking to Parquet) and kronfluence 1.0.1's fit + pairwise scores
+(benchmarks/kronfluence_ekfac.py), each as its own process; it reports wall time, peak memory
+(VmHWM of the main process, and the peak summed RSS of its process tree: bergson's embedded
+Prefect API server is a child process) and the Pearson correlation of the two score matrices on
+the same modules and damping (0.1 x the mean eigenvalue, empirical Fisher, summed loss).
+`--job MODEL CORPUS QUERIES` runs the same comparison on existing files (e.g. the peers medium job).
+
+    .venv/bin/python benchmarks/curvature.py --whole-process
+    .venv/bin/python benchmarks/curvature.py --whole-process --job /work/peers/job/model_medium \
+        /work/peers/job/corpus500.jsonl /work/peers/job/queries.jsonl
+
 kronfluence is a test-only dependency (`pip install -e .[test]`, then `pip uninstall -y torchvision`).
 """
 
@@ -124,6 +138,145 @@ def kronfluence_ekfac(model, modules, docs, queries, batch):
         return an.load_pairwise_scores("s")["all_modules"].numpy()
 
 
+# -- whole process (issue 17) -------------------------------------------------------------------
+def make_task(root: str, docs: int, queries: int, seed: int = 0) -> dict:
+    """The issue's task: generated word sequences of 10-20 tokens (BOS + 9-19 words drawn from a
+    Zipf law over 900 made-up words), a word-level tokenizer trained on them and a 2-layer GPT-2
+    (n_embd 128, 4 heads) initialised from a config."""
+    import json
+
+    from bergson_core.model.tiny import save_tiny
+
+    rng = np.random.default_rng(seed)
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    words = sorted({"".join(rng.choice(letters, size=int(rng.integers(3, 8)))) for _ in range(1000)})[:900]
+    p = 1 / np.arange(1, len(words) + 1)
+    p /= p.sum()
+
+    def text():
+        return " ".join(rng.choice(words, size=int(rng.integers(9, 20)), p=p))
+
+    os.makedirs(root, exist_ok=True)
+    paths = {"corpus": os.path.join(root, "corpus.jsonl"), "queries": os.path.join(root, "queries.jsonl"),
+             "model": os.path.join(root, "model")}
+    with open(paths["corpus"], "w") as f:
+        for i in range(docs):
+            f.write(json.dumps({"id": f"d{i}", "text": text()}) + "\n")
+    with open(paths["queries"], "w") as f:
+        for _ in range(queries):
+            f.write(json.dumps({"text": text()}) + "\n")
+    save_tiny(paths["model"], "gpt2", words, hidden=128, layers=2, heads=4)
+    return paths
+
+
+def measure(cmd: list[str], env: dict) -> dict:
+    """Run cmd; wall seconds, VmHWM of the process itself (wait4) and the peak summed RSS of its
+    process tree (sampled every 50 ms)."""
+    import subprocess
+
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak_tree, stop = [0], threading.Event()
+
+    def sample():
+        try:
+            root = psutil.Process(proc.pid)
+        except psutil.Error:
+            return
+        while not stop.is_set():
+            total = 0
+            try:
+                for p in [root, *root.children(recursive=True)]:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                pass
+            peak_tree[0] = max(peak_tree[0], total)
+            stop.wait(0.05)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - t0
+    stop.set()
+    th.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-4000:]}")
+    return {"seconds": seconds, "tree_peak_mb": peak_tree[0] / 2**20, "stdout": out, "stderr": err}
+
+
+def hwm_of(cmd: list[str], env: dict) -> dict:
+    """measure(), plus the process's own VmHWM from getrusage of the waited child (its maximum RSS)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out = measure(cmd, env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # max over waited children, kB
+    out["hwm_mb"] = after / 1024 if after > before else float("nan")  # nan: an earlier child peaked higher
+    return out
+
+
+def whole_process(args) -> None:
+    import shutil
+    import sys
+
+    import pyarrow.parquet as pq
+
+    warnings.filterwarnings("ignore")
+    work = args.workdir or tempfile.mkdtemp(prefix="bench-ekfac-")
+    if args.job:
+        paths = dict(zip(("model", "corpus", "queries"), args.job))
+        label = f"job {os.path.basename(args.job[0])} + {os.path.basename(args.job[1])}"
+    else:
+        paths = make_task(os.path.join(work, "task"), args.docs, args.queries)
+        label = f"2-layer GPT-2 n_embd 128, {args.docs} docs of 10-20 tokens, {args.queries} queries"
+
+    def count(path):
+        with open(path) as f:
+            return sum(1 for line in f if line.strip())
+
+    n_docs, n_q = count(paths["corpus"]), count(paths["queries"])
+    exe = os.path.join(os.path.dirname(sys.executable), "bergson")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    here = os.path.dirname(os.path.abspath(__file__))
+    rows = {}
+    # the smaller peak first, so getrusage's running maximum still tells each child's own peak
+    order = ["kronfluence", "bergson"]
+    for name in order:
+        if name == "bergson":
+            index = os.path.join(work, "index")
+            shutil.rmtree(index, ignore_errors=True)
+            cmd = [exe, "ekfac", index, "--model", paths["model"], "--dataset", paths["corpus"], "--queries",
+                   paths["queries"], "--mode", "exact", "--top-k", str(n_docs), "--no-progress"]
+            if args.batch_tokens:
+                cmd += ["--batch-tokens", str(args.batch_tokens)]
+        else:
+            cmd = [sys.executable, os.path.join(here, "kronfluence_ekfac.py"), paths["model"], paths["corpus"],
+                   paths["queries"], os.path.join(work, "kronfluence.npy"), "--batch", str(args.batch)]
+        rows[name] = hwm_of(cmd, env)
+        print(f"{name}: {rows[name]['seconds']:.1f} s", flush=True)
+    t = pq.read_table(os.path.join(work, "index", "scores", "queries-ekfac", "topk.parquet"),
+                      columns=["query_index", "doc_index", "score"]).to_pandas()
+    ours = np.full((n_q, n_docs), np.nan)
+    ours[t.query_index, t.doc_index] = t.score
+    ref = np.load(os.path.join(work, "kronfluence.npy"))
+    pearson = float(np.corrcoef(ours.ravel(), ref.ravel())[0, 1])
+    picked = [line for line in rows["bergson"]["stdout"].splitlines() if "corpus gradients" in line]
+    print(f"\n{label}; torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'whole process':<34}{'seconds':>9}{'VmHWM MB':>10}{'tree peak MB':>14}")
+    for name, title in (("bergson", "bergson ekfac --mode exact"), ("kronfluence", "kronfluence 1.0.1 fit + pairwise")):
+        r = rows[name]
+        print(f"{title:<34}{r['seconds']:>9.1f}{r['hwm_mb']:>10.0f}{r['tree_peak_mb']:>14.0f}")
+    print(f"time ratio bergson / kronfluence: {rows['bergson']['seconds'] / rows['kronfluence']['seconds']:.2f}")
+    print(f"scores: Pearson {pearson:.6f}, Spearman {spearman(ours, ref):.6f} over {n_q} x {n_docs} pairs")
+    if picked:
+        print(" ".join(picked))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=256)
@@ -136,7 +289,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs of each job (median reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--skip-kronfluence", action="store_true")
+    ap.add_argument("--whole-process", action="store_true", help="the issue-17 comparison (see above)")
+    ap.add_argument("--job", nargs=3, metavar=("MODEL", "CORPUS", "QUERIES"), help="--whole-process on these files")
+    ap.add_argument("--workdir", help="--whole-process: keep the task, index and scores here")
+    ap.add_argument("--batch-tokens", type=int, default=0, help="--whole-process: bergson's --batch-tokens")
     args = ap.parse_args()
+    if args.whole_process:
+        if args.docs == 256 and args.queries == 16:  # the issue's sizes unless given
+            args.docs, args.queries = 1000, 100
+        return whole_process(args)
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)

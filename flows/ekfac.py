@@ -12,18 +12,37 @@ from __future__ import annotations
 from prefect import flow
 
 from bergson_core.config.curvature import EkfacConfig
+from tasks import curvature
+from tasks.score import query_gradients
 
 from .build import build_index
 from .fit import fit
-from .score import score
+from .score import score, topk_artifacts
 
 
 @flow(name="ekfac", log_prints=True)
 def ekfac(config: EkfacConfig) -> dict:
+    """Returns a small summary: the first `show` ranks per query; topk.parquet holds the rest."""
     from bergson_core.curvature.run import ekfac_mode
 
     mode = ekfac_mode(config)
-    built = build_index(config.build_config(mode))
-    fitted = fit(config.fit_config(mode))
-    result = score(config.score_config())
-    return {**result, "mode": mode, "build": built, "fit": fitted}
+    bcfg = config.build_config(mode)
+    if mode == "projected":
+        built = build_index(bcfg)
+        fitted = fit(config.fit_config(mode))
+        result = score(config.score_config())
+        return {**result, "mode": mode, "build": built, "fit": fitted}
+    source = curvature.plan_exact(config, bcfg)
+    print(f"exact mode, corpus gradients {source['picked']}: {source['reason']}")
+    if source["picked"] == "stored":
+        built = build_index(bcfg)
+        fitted = fit(config.fit_config(mode))
+        result = score(config.score_config())
+    else:
+        built = curvature.write_index_spec(bcfg)
+        fitted = fit(config.fit_config(mode))
+        scfg = config.score_config()
+        qman = query_gradients(scfg)
+        result = curvature.score_recomputed(scfg)
+        topk_artifacts(scfg, qman, result)
+    return {**result, "mode": mode, "corpus_gradients": source, "build": built, "fit": fitted}

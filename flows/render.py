@@ -23,7 +23,9 @@ def build_summary(result: dict) -> None:
 
 
 def topk(result: dict, per_query: int | None = None) -> None:
+    """The first `show` ranks of each query (the rows a flow returns); the file holds all top-k."""
     rows = result["rows"]
+    per_query = result.get("show") if per_query is None else per_query
     texts = result.get("query_texts", [])
     for q in sorted({r["query_index"] for r in rows}):
         title = "all queries (aggregate)" if q < 0 else f"query {q}: {texts[q] if q < len(texts) else ''}"
@@ -33,7 +35,14 @@ def topk(result: dict, per_query: int | None = None) -> None:
         for r in [r for r in rows if r["query_index"] == q][:per_query]:
             t.add_row(str(r["rank"]), f"{r['score']:.4f}", f"{r['doc_id']} (#{r['doc_index']})", r["text"] or "")
         console.print(t)
-    console.print(f"top-k written to {result['output']}")
+    if result.get("table_rows") is not None:
+        console.print(f"showing {min(result.get('show') or 0, result.get('top_k') or 0)} of top-{result.get('top_k')} "
+                      f"per query; all {result['table_rows']:,} rows written to {result['output']}")
+    else:
+        console.print(f"top-k written to {result['output']}")
+    picked = result.get("corpus_gradients")
+    if isinstance(picked, dict):
+        console.print(f"corpus gradients: {picked['picked']} ({picked['reason']})")
     for w in result.get("warnings") or []:
         console.print(f"[yellow]warning:[/] {w}")
 

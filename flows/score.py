@@ -14,14 +14,21 @@ from tasks.score import query_gradients, score_shards
 
 @flow(name="score-index", log_prints=True)
 def score(config: ScoreConfig) -> dict:
+    """Returns a small summary: the first `show` ranks per query; topk.parquet holds the rest."""
     qman = query_gradients(config)
     result = score_shards(config)
+    topk_artifacts(config, qman, result)
+    return result
+
+
+def topk_artifacts(config: ScoreConfig, qman: dict, result: dict) -> None:
+    """A table of the shown ranks per query and a link to the full Parquet file."""
     key = artifacts.artifact_key("topk", qman["key"]["index_spec_hash"], _stem(config.queries))
     shown = [{k: r[k] for k in ("query_index", "rank", "doc_index", "score", "doc_id", "text")}
-             for r in result["rows"][:1000]]
-    artifacts.table(key, shown, f"Top-{config.top_k} documents per query ({config.metric}) -> {result['output']}")
+             for r in result["rows"]]
+    artifacts.table(key, shown, f"Top-{min(config.show, config.top_k)} of {config.top_k} documents per query "
+                    f"({config.metric}); all of them in {result['output']}")
     artifacts.link(key + "-parquet", result["output"], "The full top-k table as Parquet")
-    return result
 
 
 def _stem(path: str) -> str:

@@ -7,7 +7,10 @@ made from the same inputs. Retries are for transient faults only (tasks/policy.p
 
 from __future__ import annotations
 
-from bergson_core.config.curvature import FitConfig
+from prefect.cache_policies import NO_CACHE
+
+from bergson_core.config import BuildConfig, ScoreConfig
+from bergson_core.config.curvature import EkfacConfig, FitConfig
 from bergson_core.curvature.run import (
     fit_and_save,
     lambda_pass,
@@ -55,3 +58,36 @@ def fit(config: FitConfig, strategy: str, totals: dict, name: str, base: str | N
     """float64 fit from the reduced totals -> INDEX/precond/<name>/."""
     result = fit_and_save(config, strategy, totals, name, base)
     return {k: v for k, v in result.items() if k != "meta"} | {"mix_lambda": result["meta"].get("mix_lambda")}
+
+
+@step_task("plan-exact-scoring", cache_policy=NO_CACHE)  # always look at the store
+def plan_exact(config: EkfacConfig, build: BuildConfig) -> dict:
+    """Exact EK-FAC: stream stored corpus gradients or recompute them while scoring (and why)."""
+    from bergson_core.curvature.run import pick_corpus_gradients
+
+    return pick_corpus_gradients(config, build)
+
+
+@step_task("write-index-spec", cache_policy=NO_CACHE)
+def write_index_spec(build: BuildConfig) -> dict:
+    """index.json only (spec, modules, corpus fingerprint): what the fit and the recomputing scorer
+    read when no gradient shard is stored."""
+    from bergson_core.index.build import prepare_build
+
+    plan = prepare_build(build)
+    return {"index": build.index, "spec_hash": plan.meta["spec_hash"], "documents": plan.meta["dataset"]["rows"]}
+
+
+@gpu_task("score-recomputed", cache_policy=NO_CACHE)
+def score_recomputed(config: ScoreConfig) -> dict:
+    """Recompute the corpus gradients block by block, keep the top-k per query, write topk.parquet
+    (exact EK-FAC without stored full gradients; memory does not grow with the corpus)."""
+    from bergson_core.index.store import Index
+    from bergson_core.scoring.run import recompute_topk
+
+    rows = Index(config.index, config.storage_options).meta()["dataset"]["rows"]
+    bar = progress.start(rows, "scoring (recomputed gradients)", config.progress)
+    try:
+        return recompute_topk(config, on_rows=bar.update)
+    finally:
+        progress.close()

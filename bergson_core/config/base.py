@@ -200,6 +200,8 @@ class ScoreConfig(IndexQueries, RunOptions, ModelOptions):
 
     index: str = Field(..., description="Index folder built by `bergson build` (local path or s3://).")
     top_k: int = Field(10, gt=0, description="Documents kept per query.")
+    show: int = Field(5, ge=0, description="Documents shown per query in the terminal and the dashboard table "
+                      "(topk.parquet holds all top-k).")
     metric: Literal["inner", "cosine"] = Field("cosine", description="Score: inner product or cosine.")
     aggregate: Literal["individual", "mean", "max"] = Field(
         "individual", description="Score each query, or the mean / max over all queries as one."

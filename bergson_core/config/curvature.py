@@ -145,6 +145,8 @@ class FitConfig(ApplyOptions, FitOptions, StatsOptions, OptionalIndexQueries, Ru
 # -- bergson trackstar -------------------------------------------------------------------------
 class _RecipeOptions(_Options):
     top_k: int = Field(10, gt=0, description="Documents kept per query.")
+    show: int = Field(5, ge=0, description="Documents shown per query in the terminal and the dashboard table "
+                      "(topk.parquet holds all top-k).")
     output: str | None = Field(
         None, description="Output folder of topk.parquet and the query gradients (default: INDEX/scores/<queries-name>-<recipe>)."
     )
@@ -181,7 +183,7 @@ class _Recipe(_RecipeOptions, DampingOptions, IndexQueries, BuildConfig):
 
     def score_config(self, metric: str) -> ScoreConfig:
         return ScoreConfig(index=self.index, queries=self.queries, output=self.output_url(), metric=metric,
-                           preconditioner=self.name or self.RECIPE, top_k=self.top_k, block_rows=self.block_rows,
+                           preconditioner=self.name or self.RECIPE, top_k=self.top_k, show=self.show, block_rows=self.block_rows,
                            aggregate=self.aggregate, model=self.model, revision=self.revision,
                            gguf_file=self.gguf_file, dtype=self.dtype, device=self.device,
                            **self.query_fields(queries=False), **_run_fields(self))
@@ -219,6 +221,14 @@ class EkfacConfig(_Recipe):
         "rows, so scores only approximate exact ones (Johnson-Lindenstrauss); cheap for large corpora. "
         "auto: exact when full float32 gradients of the corpus fit in --exact-max-bytes (or as --projection-dim says: "
         "0 exact, p > 0 projected).",
+    )
+    corpus_gradients: Literal["auto", "stored", "recompute"] = Field(
+        "auto",
+        description="Exact mode: where the corpus gradients scored against the queries come from. stored: build "
+        "an index of full float32 gradients and stream its shards in bounded blocks; recompute: recompute them "
+        "block by block while scoring (as kronfluence does), writing no gradients. auto: stored when that index "
+        "is already complete (reading costs no model pass), recompute otherwise (storing costs the same "
+        "gradient pass plus writing and reading every gradient). Scores are the same either way.",
     )
     exact_max_bytes: int = Field(
         2 << 30, gt=0, description="auto mode picks exact while documents x full row width x 4 bytes stays below this."

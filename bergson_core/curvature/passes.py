@@ -29,6 +29,8 @@ from .space import Block, Space, block_view, layout
 from .stats import Stats, key
 from .strategy import Fit
 
+DOC_CHUNK_BYTES = 32 << 20  # per-document temporaries of a statistic pass, per module and step
+
 
 def _pass_meta(space: Space, blocks: list[Block], fisher: str, seed: int, loss_reduction: str) -> dict:
     meta = {"space": space.to_json(), "blocks": [b.to_json() for b in blocks], "fisher": fisher,
@@ -101,8 +103,14 @@ def lambda_partial_stats(
             cache[info.name] = (basis.tensor(info.name, "Q_A").to(a.device, a.dtype),
                                 basis.tensor(info.name, "Q_S").to(a.device, a.dtype))
         q_a, q_s = cache[info.name]
-        rotated = torch.einsum("bto,bti->boi", g @ q_s, a @ q_a)  # [B, O', I'] = Q_S^T G_n Q_A
-        sums[key(info.name, "L")] += rotated.square().sum(0).to(torch.float64)
+        gs, aq = g @ q_s, a @ q_a  # [B, T, O'], [B, T, I']
+        acc = sums[key(info.name, "L")]
+        # [b, O', I'] per-document rotated gradients, a bounded number of documents at a time: a
+        # token budget alone lets a batch of short documents hold thousands of them
+        step = max(1, DOC_CHUNK_BYTES // (gs.shape[-1] * aq.shape[-1] * gs.element_size()))
+        for lo in range(0, gs.shape[0], step):
+            rotated = torch.einsum("bto,bti->boi", gs[lo : lo + step], aq[lo : lo + step])  # Q_S^T G_n Q_A
+            acc += rotated.square().sum(0).to(torch.float64)
 
     counts = hooked_pass(loaded, [m for m in modules if m.name in blocks], docs, space, on_module,
                          batch_tokens=batch_tokens, loss_reduction=loss_reduction, fisher=fisher,

@@ -280,3 +280,68 @@ def check_queries(cfg) -> None:
     """Refuse a query set without the columns the options name (before any work starts)."""
     queries = open_corpus(cfg.queries, cfg.query_split, cfg.storage_options)
     check_data_columns(queries, *cfg.query_columns())
+
+
+def pick_corpus_gradients(cfg: EkfacConfig, bcfg) -> dict:
+    """Exact mode: where the corpus gradients scored against the queries come from, and why.
+
+    Both ways cost one gradient pass over the corpus when nothing is stored yet; storing adds
+    writing and reading back every full float32 gradient (documents x width x 4 bytes), so it only
+    pays off when the index is already complete (reading costs no model pass). Scores are the same
+    either way (recompute_topk rounds rows to the stored dtype)."""
+    _, modules, corpus = load_for_spec(bcfg)
+    width = sum(m.width for m in modules)
+    nbytes = len(corpus) * width * 4
+    size = f"{len(corpus):,} documents x {width:,} numbers x 4 bytes = {nbytes / 2**30:.2f} GiB"
+    index = Index(bcfg.index, bcfg.storage_options)
+    complete = False
+    if index.exists():
+        meta = index.meta()
+        complete = meta.get("spec_hash") == bcfg.spec_hash() and len(index.manifests()) == meta["num_shards"]
+    if cfg.corpus_gradients != "auto":
+        picked, why = cfg.corpus_gradients, "asked for (--corpus-gradients)"
+    elif complete:
+        picked, why = "stored", "the full-gradient index is already complete: streaming it costs no model pass"
+    else:
+        picked, why = "recompute", ("storing would cost the same gradient pass plus writing and reading back "
+                                    f"{size}; recomputing while scoring costs only the gradient pass")
+    return {"picked": picked, "reason": why, "bytes": nbytes, "width": width, "documents": len(corpus),
+            "index_complete": complete}
+
+
+def fit_in_process(cfg: FitConfig) -> dict:
+    """`bergson fit` as plain function calls in this process (no Prefect, no queries): plan, map,
+    reduce and fit, then EK-FAC's eigenvalue pass. For tests and benchmarks."""
+    plan = plan_fit(cfg)
+    totals = {}
+    for p in plan["passes"]:
+        for shard, start, stop in p["shards"]:
+            stats_shard(cfg, p, shard, start, stop)
+        totals[p["kind"]] = reduce_pass(cfg, p)
+    if cfg.strategy != "ekfac":
+        return fit_and_save(cfg, cfg.strategy, totals, plan["name"])
+    basis = basis_name(cfg)
+    fit_and_save(cfg, "kfac", {"kfac": totals.pop("kfac")}, basis)
+    p = lambda_pass(cfg, plan, basis)
+    for shard, start, stop in p["shards"]:
+        stats_shard(cfg, p, shard, start, stop)
+    return fit_and_save(cfg, "ekfac", {"ekfac-lambda": reduce_pass(cfg, p)}, plan["name"], basis)
+
+
+def ekfac_exact_in_process(cfg: EkfacConfig) -> dict:
+    """`bergson ekfac --mode exact` as plain function calls in this process (no Prefect): the same
+    steps and choice of corpus gradients as flows/ekfac.py. For tests and benchmarks."""
+    from ..index.build import build_shard, prepare_build
+    from ..scoring.run import ensure_query_gradients, recompute_topk, run_topk
+
+    bcfg = cfg.build_config("exact")
+    source = pick_corpus_gradients(cfg, bcfg)
+    plan = prepare_build(bcfg)
+    if source["picked"] == "stored":
+        for shard, start, stop in plan.missing():
+            build_shard(bcfg, shard, start, stop)
+    fit_in_process(cfg.fit_config("exact"))
+    scfg = cfg.score_config()
+    ensure_query_gradients(scfg)
+    result = run_topk(scfg) if source["picked"] == "stored" else recompute_topk(scfg)
+    return {**result, "mode": "exact", "corpus_gradients": source}

@@ -12,15 +12,17 @@ import os
 import time
 
 import numpy as np
+import torch
 
 from .. import fs as fsu
 from ..config import ScoreConfig
+from ..data.corpus import tokenize_rows
 from ..errors import StoreError
 from ..guards import check_index_ready, corpus_for_texts, store_doc_ids
 from ..index.store import Index, grad_matrix, read_grads
 from .queries import cached_query_gradients
-from .results import TOPK_FILE, topk_table, write_table
-from .score import score_index
+from .results import TOPK_FILE, shown_rows, topk_table, write_table
+from .score import index_build_config, score_index
 
 QUERY_GRADS = "query_grads.arrow"
 QUERY_MANIFEST = "query_grads.json"
@@ -57,10 +59,11 @@ def load_query_gradients(cfg: ScoreConfig) -> tuple[np.ndarray, dict]:
     return np.array(grad_matrix(table), dtype=np.float32), manifest
 
 
-def preconditioner_transforms(cfg: ScoreConfig, meta: dict | None = None):
+def preconditioner_transforms(cfg: ScoreConfig, meta: dict | None = None, dtype: torch.dtype = torch.float64):
     """(query transform, document transform or None, description) of --preconditioner NAME, applied
     with the options it was fitted with; (None, None, None) without one. A preconditioner fitted in
-    another gradient space (projection, bias) or on other modules is refused (StoreError)."""
+    another gradient space (projection, bias) or on other modules is refused (StoreError). The
+    transforms return rows in `dtype` (the precision of the rotations; see curvature.apply)."""
     if not cfg.preconditioner:
         return None, None, None
     from .. import curvature as C
@@ -75,32 +78,32 @@ def preconditioner_transforms(cfg: ScoreConfig, meta: dict | None = None):
                          f"{cfg.index} tracks: refit it for this index (`bergson fit`)")
     opts = ApplyOptions(**fit.meta.get("apply", {}))
 
-    def precondition(rows: np.ndarray) -> np.ndarray:  # [N, D] -> [N, D] float32
-        return C.apply(fit, np.asarray(rows, dtype=np.float32), opts)
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+
+    def precondition(rows: np.ndarray) -> np.ndarray:  # [N, D] -> [N, D] in dtype
+        return C.apply(fit, np.asarray(rows, dtype=np_dtype), opts, dtype=dtype)
 
     both = applies_to_both_sides(opts)
     info = {"name": cfg.preconditioner, "strategy": fit.strategy, "both_sides": both, **opts.model_dump()}
     return precondition, (precondition if both else None), info
 
 
-def run_topk(cfg: ScoreConfig, on_shard=None, transform=None, doc_transform=None) -> dict:
-    """Score all shards, write OUTPUT/topk.parquet, return a summary with the table rows.
-    With cfg.preconditioner (and no explicit transforms) the fitted preconditioner is applied."""
-    index = Index(cfg.index, cfg.storage_options)
-    meta = index.meta()
-    precond = None
-    if transform is None and doc_transform is None:
-        transform, doc_transform, precond = preconditioner_transforms(cfg, meta)
-    q, qman = load_query_gradients(cfg)
-    t0 = time.perf_counter()
-    scores, docs = score_index(
-        index, q, cfg.metric, cfg.aggregate, cfg.top_k, cfg.block_rows, on_shard=on_shard, transform=transform,
-        doc_transform=doc_transform,
-    )
-    seconds = time.perf_counter() - t0
+def score_dtype(meta: dict, cfg: ScoreConfig) -> torch.dtype:
+    """Products are taken in float64 for float64 models (tests, exact comparisons), else float32."""
+    from ..model.loading import resolve_device, resolve_dtype
+
+    bcfg = index_build_config(meta, cfg)
+    return torch.float64 if resolve_dtype(bcfg.dtype, resolve_device(bcfg.device)) == torch.float64 else torch.float32
+
+
+def _finish(cfg: ScoreConfig, meta: dict, qman: dict, scores, docs, seconds: float, precond, **extra) -> dict:
+    """Write OUTPUT/topk.parquet; return a small summary with the first cfg.show ranks per query."""
     spec = meta["spec"]
     corpus, corpus_warning = corpus_for_texts(meta, cfg.storage_options)  # reordered corpus: no wrong texts
-    ids = store_doc_ids(index, [int(d) for d in docs[np.isfinite(scores)]])
+    shown = sorted({int(d) for d in docs[np.isfinite(scores)]})
+    ids = store_doc_ids(Index(cfg.index, cfg.storage_options), shown)  # authoritative, where shards are stored
+    if len(ids) < len(shown):  # recomputed corpus gradients (exact EK-FAC): no shards, ids from the corpus
+        ids = None
     table = topk_table(scores, docs, corpus, spec, aggregated=cfg.aggregate != "individual", doc_ids=ids)
     warnings = [w for w in (qman.get("model_warning"), corpus_warning) if w]
     if warnings:  # the file says so too, not only the terminal
@@ -112,8 +115,76 @@ def run_topk(cfg: ScoreConfig, on_shard=None, transform=None, doc_transform=None
         "queries": qman["rows"],
         "query_texts": qman["texts"],
         "documents": meta["dataset"]["rows"],
+        "top_k": cfg.top_k,
+        "table_rows": table.num_rows,
+        "show": cfg.show,
         "seconds": seconds,
         "preconditioner": precond,
         "warnings": warnings,
-        "rows": table.to_pylist(),
+        **extra,
+        "rows": shown_rows(table, cfg.show),
     }
+
+
+def run_topk(cfg: ScoreConfig, on_shard=None, transform=None, doc_transform=None) -> dict:
+    """Score all shards, write OUTPUT/topk.parquet, return a summary with the first `show` ranks of
+    each query (the whole table is in the file). With cfg.preconditioner (and no explicit
+    transforms) the fitted preconditioner is applied."""
+    index = Index(cfg.index, cfg.storage_options)
+    meta = index.meta()
+    precond = None
+    dtype = score_dtype(meta, cfg)
+    if transform is None and doc_transform is None:
+        transform, doc_transform, precond = preconditioner_transforms(cfg, meta, dtype)
+    q, qman = load_query_gradients(cfg)
+    t0 = time.perf_counter()
+    scores, docs = score_index(
+        index, q, cfg.metric, cfg.aggregate, cfg.top_k, cfg.block_rows, on_shard=on_shard, transform=transform,
+        doc_transform=doc_transform, dtype=dtype,
+    )
+    return _finish(cfg, meta, qman, scores, docs, time.perf_counter() - t0, precond, corpus_gradients="stored")
+
+
+def recompute_topk(cfg: ScoreConfig, on_rows=None) -> dict:
+    """run_topk without stored corpus rows: the corpus gradients are recomputed with the index's
+    spec, a bounded block of documents at a time (rows_per_block), rounded to the index's gradient
+    dtype exactly as the store would hold them, scored and dropped. Memory does not grow with the
+    corpus, and the scores are those run_topk gives on the built index. Needs only index.json."""
+    from ..gradients.extract import compute_gradients
+    from ..index.build import load_for_spec, open_normalizers, plan_shards
+    from .score import BlockDecoder, TopK, prepare_queries, rows_per_block, score_block
+
+    index = Index(cfg.index, cfg.storage_options)
+    meta = index.meta()
+    dtype = score_dtype(meta, cfg)
+    transform, doc_transform, precond = preconditioner_transforms(cfg, meta, dtype)
+    q, qman = load_query_gradients(cfg)
+    t0 = time.perf_counter()
+    bcfg = index_build_config(meta, cfg)
+    loaded, modules, corpus = load_for_spec(bcfg)
+    if [m.to_json() for m in modules] != meta["modules"]:
+        raise StoreError(f"the model's module layout differs from index {cfg.index}: score with the model it was built with")
+    if corpus.fingerprint != meta["dataset"]["fingerprint"]:
+        raise StoreError(f"the corpus {bcfg.dataset} changed since index {cfg.index} was built: rebuild the index")
+    normalizers = open_normalizers(bcfg, loaded, modules)
+    qt = prepare_queries(q if transform is None else transform(q), cfg.metric, cfg.aggregate, dtype)
+    top = TopK(1 if cfg.aggregate in ("mean", "max") else qt.shape[0], cfg.top_k, dtype)
+    decode = BlockDecoder(dtype)
+    stored = np.float16 if meta["grad_dtype"] == "float16" else np.float32
+    per_block = rows_per_block(meta["row_width"], cfg.block_rows)
+    for _, start, stop in plan_shards(meta["dataset"]["rows"], meta["shard_size"]):
+        for lo in range(start, stop, per_block):
+            hi = min(stop, lo + per_block)
+            docs = tokenize_rows(corpus, lo, hi, loaded.tokenizer, bcfg.max_length, bcfg.text_column,
+                                 bcfg.prompt_column, bcfg.completion_column, bcfg.id_column)
+            grads, _ = compute_gradients(loaded, modules, docs, bcfg, cfg.batch_tokens, normalizers=normalizers)
+            rows = grads.astype(stored, copy=False)  # the numbers the store would hold
+            del grads
+            if doc_transform is not None:
+                rows = doc_transform(rows)
+            top.add(score_block(qt, rows, cfg.metric, cfg.aggregate, decode), lo)
+            del rows
+            if on_rows:
+                on_rows(hi - lo)
+    return _finish(cfg, meta, qman, top.scores.numpy(), top.docs.numpy(), time.perf_counter() - t0, precond,
+                   corpus_gradients="recompute")

@@ -22,6 +22,7 @@ class Ekfac(Strategy):
     name = "ekfac"
     needs = ("ekfac-lambda",)
     needs_base = "kfac"
+    float32_apply = True  # rotations in float32 when asked (registry.apply_preconditioner)
     help = "EK-FAC: KFAC eigenbases with eigenvalues corrected by a pass over per-document gradients."
 
     def fit(self, stats, opts, base, layout) -> Fit:

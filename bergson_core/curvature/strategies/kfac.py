@@ -20,12 +20,13 @@ from ..strategy import Fit, Strategy, layout_of
 def eigen_precondition(g: torch.Tensor, q_s: torch.Tensor, q_a: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Q_S [ (Q_S^T G Q_A) * scale ] Q_A^T for g [N, O, I]."""
     rotated = q_s.T @ g @ q_a  # [N, O, I]
-    return q_s @ (rotated * scale) @ q_a.T
+    return q_s @ (rotated * scale.to(rotated.dtype)) @ q_a.T
 
 
 class Kfac(Strategy):
     name = "kfac"
     needs = ("kfac",)
+    float32_apply = True  # rotations in float32 when asked (registry.apply_preconditioner)
     help = "KFAC: Kronecker factors of activation and output-gradient covariances."
 
     def fit(self, stats, opts, base, layout) -> Fit:
