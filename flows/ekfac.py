@@ -42,7 +42,7 @@ def ekfac(config: EkfacConfig) -> dict:
         built = curvature.write_index_spec(bcfg)
         fitted = fit(config.fit_config(mode))
         scfg = config.score_config()
-        qman = query_gradients(scfg)
+        qman = query_gradients(scfg, need_shards=False)
         result = curvature.score_recomputed(scfg)
         topk_artifacts(scfg, qman, result)
     return {**result, "mode": mode, "corpus_gradients": source, "build": built, "fit": fitted}

@@ -12,9 +12,10 @@ from .policy import gpu_task, step_task
 
 
 @gpu_task("query-gradients", cache_policy=NO_CACHE)  # reuse is decided by the store
-def query_gradients(config: ScoreConfig) -> dict:
-    """Gradients of the queries with the index's spec (reused when already written)."""
-    manifest = ensure_query_gradients(config)
+def query_gradients(config: ScoreConfig, need_shards: bool = True) -> dict:
+    """Gradients of the queries with the index's spec (reused when already written); need_shards=False
+    for a spec-only index whose corpus gradients are recomputed while scoring (exact EK-FAC)."""
+    manifest = ensure_query_gradients(config, need_shards)
     return {k: v for k, v in manifest.items() if k != "texts"}
 
 

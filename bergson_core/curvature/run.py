@@ -342,6 +342,6 @@ def ekfac_exact_in_process(cfg: EkfacConfig) -> dict:
             build_shard(bcfg, shard, start, stop)
     fit_in_process(cfg.fit_config("exact"))
     scfg = cfg.score_config()
-    ensure_query_gradients(scfg)
+    ensure_query_gradients(scfg, need_shards=source["picked"] == "stored")
     result = run_topk(scfg) if source["picked"] == "stored" else recompute_topk(scfg)
     return {**result, "mode": "exact", "corpus_gradients": source}

@@ -35,12 +35,13 @@ def output_url(cfg: ScoreConfig) -> str:
     return fsu.join(cfg.index, "scores", stem)
 
 
-def ensure_query_gradients(cfg: ScoreConfig) -> dict:
+def ensure_query_gradients(cfg: ScoreConfig, need_shards: bool = True) -> dict:
     """Compute (or reuse) the query gradients in OUTPUT/query_grads.arrow; returns their manifest.
-    An incomplete or corrupt index, an --output that is a file, or a query model other than the
-    index's (checked in the cache) is refused first."""
+    An incomplete or corrupt index (unless need_shards=False: a spec-only index whose corpus
+    gradients are recomputed while scoring), an --output that is a file, or a query model other
+    than the index's (checked in the cache) is refused first."""
     index = Index(cfg.index, cfg.storage_options)
-    meta = check_index_ready(index, checksum=index.local)
+    meta = check_index_ready(index, checksum=index.local) if need_shards else index.meta()
     out = output_url(cfg)
     fs, path = fsu.url_to_fs(out, cfg.storage_options)
     if fsu.is_local(fs) and os.path.isfile(path):
