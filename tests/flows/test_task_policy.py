@@ -8,7 +8,7 @@ import importlib
 from prefect.tasks import Task
 
 GPU_BOUND = {"extract-shard", "stats-shard", "retrain-subset", "query-gradients", "tracin-query-gradients",
-             "magic-part", "source-query-gradients"}
+             "magic-part", "source-query-gradients", "score-recomputed"}
 
 
 def _tasks() -> dict[str, Task]:
