@@ -18,6 +18,8 @@ from bergson_core.config.curvature import EkfacConfig
 from bergson_core.curvature.run import ekfac_exact_in_process
 from bergson_core.model.tiny import save_tiny
 
+from ..flows.conftest import write_jsonl
+
 WORDS = ["apple", "river", "stone", "cloud", "music", "garden", "engine", "forest", "silver", "window",
          "planet", "bread", "winter", "candle", "harbor", "violin", "orange", "meadow", "copper", "lantern"]
 
@@ -25,13 +27,6 @@ WORDS = ["apple", "river", "stone", "cloud", "music", "garden", "engine", "fores
 def texts(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(4, 12)))) for _ in range(n)]
-
-
-def write_jsonl(path, rows) -> str:
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module")
