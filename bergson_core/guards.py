@@ -41,6 +41,27 @@ def corpus_for_texts(meta: dict, storage_options: dict) -> tuple[object | None, 
     return corpus, None
 
 
+def checked_topk_table(index: Index, meta: dict, scores, docs, aggregated: bool, warnings: list[str]):
+    """topk_table with texts only from the corpus that was indexed and doc ids from the store (where
+    its shards exist); a changed or missing corpus adds its warning to `warnings` and to the table's
+    metadata, so the file says so too, not only the terminal."""
+    import numpy as np
+
+    from .scoring.results import topk_table
+
+    corpus, corpus_warning = corpus_for_texts(meta, index.storage_options)
+    shown = sorted({int(d) for d in np.asarray(docs)[np.isfinite(scores)]})
+    ids = store_doc_ids(index, shown)
+    if len(ids) < len(shown):  # recomputed corpus gradients (exact EK-FAC): no shards, ids from the corpus
+        ids = None
+    table = topk_table(scores, docs, corpus, meta["spec"], aggregated=aggregated, doc_ids=ids)
+    if corpus_warning:
+        warnings.append(corpus_warning)
+    if warnings:
+        table = table.replace_schema_metadata({"bergson.warnings": "\n".join(warnings)})
+    return table
+
+
 def store_doc_ids(index: Index, doc_indices: list[int]) -> dict[int, str]:
     """doc_id of each document, as stored in the index's shards (authoritative, unlike the corpus)."""
     want = sorted(set(doc_indices))

@@ -18,10 +18,10 @@ from .. import fs as fsu
 from ..config import ScoreConfig
 from ..data.corpus import tokenize_rows
 from ..errors import StoreError
-from ..guards import check_index_ready, corpus_for_texts, store_doc_ids
+from ..guards import check_index_ready, checked_topk_table
 from ..index.store import Index, grad_matrix, read_grads
 from .queries import cached_query_gradients
-from .results import TOPK_FILE, shown_rows, topk_table, write_table
+from .results import TOPK_FILE, shown_rows, write_table
 from .score import index_build_config, score_index
 
 QUERY_GRADS = "query_grads.arrow"
@@ -99,16 +99,9 @@ def score_dtype(meta: dict, cfg: ScoreConfig) -> torch.dtype:
 
 def _finish(cfg: ScoreConfig, meta: dict, qman: dict, scores, docs, seconds: float, precond, **extra) -> dict:
     """Write OUTPUT/topk.parquet; return a small summary with the first cfg.show ranks per query."""
-    spec = meta["spec"]
-    corpus, corpus_warning = corpus_for_texts(meta, cfg.storage_options)  # reordered corpus: no wrong texts
-    shown = sorted({int(d) for d in docs[np.isfinite(scores)]})
-    ids = store_doc_ids(Index(cfg.index, cfg.storage_options), shown)  # authoritative, where shards are stored
-    if len(ids) < len(shown):  # recomputed corpus gradients (exact EK-FAC): no shards, ids from the corpus
-        ids = None
-    table = topk_table(scores, docs, corpus, spec, aggregated=cfg.aggregate != "individual", doc_ids=ids)
-    warnings = [w for w in (qman.get("model_warning"), corpus_warning) if w]
-    if warnings:  # the file says so too, not only the terminal
-        table = table.replace_schema_metadata({"bergson.warnings": "\n".join(warnings)})
+    warnings = [w for w in (qman.get("model_warning"),) if w]
+    table = checked_topk_table(Index(cfg.index, cfg.storage_options), meta, scores, docs,
+                               cfg.aggregate != "individual", warnings)
     out = output_url(cfg)
     write_table(table, fsu.join(out, TOPK_FILE), cfg.storage_options)
     return {

@@ -106,3 +106,36 @@ def test_cli_flow_writes_a_score_file_equal_to_the_library(trained_run, indexes,
     again = subprocess.run([exe, *args], check=False, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert arrow.stat().st_mtime_ns == mtime
+
+
+def test_reordered_corpus_gives_no_wrong_texts(trained_run, tmp_path):
+    """Texts come only from the corpus that was indexed: after the corpus file is reordered, tracin
+    leaves texts empty, keeps the ids stored in the index, and says why (terminal and file)."""
+    import json
+    import time
+
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in open(trained_run["corpus"])]
+    corpus = str(tmp_path / "c.jsonl")
+    with open(corpus, "w") as f:
+        f.writelines(json.dumps(dict(r, id=f"doc-{i}")) + "\n" for i, r in enumerate(rows))
+    ckpt = str(trained_run["run"] / "checkpoint-4")
+    index = build_index(dict(trained_run, corpus=corpus), ckpt, tmp_path / "idx")
+
+    def run(out: str) -> tuple[dict, list[dict]]:
+        cfg = TracInConfig(indexes=[index], queries=trained_run["queries"], learning_rates=[1.0],
+                           output=str(tmp_path / out), device="cpu")
+        summary = run_tracin(cfg)
+        return summary, pq.read_table(summary["output"]).to_pylist()
+
+    before, rows_before = run("a")
+    assert before["warnings"] == [] and all(r["text"] for r in rows_before)
+    time.sleep(0.01)
+    with open(corpus, "w") as f:
+        f.writelines(json.dumps(dict(r, id=f"doc-{i}")) + "\n" for i, r in reversed(list(enumerate(rows))))
+    after, rows_after = run("b")
+    assert any("changed since the index was built" in w for w in after["warnings"])
+    assert all(r["text"] is None for r in rows_after)
+    assert [r["doc_id"] for r in rows_after] == [r["doc_id"] for r in rows_before]
+    assert b"changed since" in pq.read_schema(after["output"]).metadata[b"bergson.warnings"]

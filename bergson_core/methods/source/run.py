@@ -154,9 +154,9 @@ def final_query_gradients(cfg: SourceConfig, plan: dict) -> str:
 
 def score_source(cfg: SourceConfig, plan: dict, query_file: str) -> dict:
     """sum over segments and their checkpoints of u_l . g_{d,k} / |segment| -> topk.parquet, source.json."""
-    from ...index.build import open_corpus
+    from ...guards import checked_topk_table
     from ...index.store import read_grads
-    from ...scoring.results import TOPK_FILE, topk_table, write_table
+    from ...scoring.results import TOPK_FILE, write_table
     from ..tracin.run import open_aligned_indexes, tracin_topk
 
     t0 = time.perf_counter()
@@ -170,15 +170,15 @@ def score_source(cfg: SourceConfig, plan: dict, query_file: str) -> dict:
             per_checkpoint.append(directions[seg].numpy())
             weights.append(1.0 / len(members))  # g_{d,l}: the mean over the segment's checkpoints
     scores, docs = tracin_topk(indexes, metas, per_checkpoint, weights, "inner", cfg.top_k, cfg.block_rows)
-    spec = metas[-1]["spec"]
-    corpus = open_corpus(spec["dataset"], spec["split"], cfg.storage_options)
-    out = write_table(topk_table(scores, docs, corpus, spec, aggregated=False),
-                      fsu.join(cfg.output.rstrip("/"), TOPK_FILE), cfg.storage_options)
+    warnings: list[str] = []
+    table = checked_topk_table(Index(plan["indexes"][-1], cfg.storage_options), metas[-1], scores, docs, False,
+                               warnings)
+    out = write_table(table, fsu.join(cfg.output.rstrip("/"), TOPK_FILE), cfg.storage_options)
     summary = {"method": "source", "variant": plan["variant"], "segments": plan["groups"],
                "segment_learning_rates": plan["etas"], "checkpoints": plan["checkpoints"],
                "damping": cfg.damping, "damping_mode": cfg.damping_mode,
                "queries": cfg.queries, "documents": int(metas[0]["dataset"]["rows"]), "top_k": int(scores.shape[1]),
-               "output": out, "score_seconds": time.perf_counter() - t0}
+               "output": out, "score_seconds": time.perf_counter() - t0, "warnings": warnings}
     fs, path = fsu.url_to_fs(fsu.join(cfg.output.rstrip("/"), SUMMARY_FILE), cfg.storage_options)
     fsu.write_json(fs, path, summary)
     return summary

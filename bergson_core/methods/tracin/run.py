@@ -139,17 +139,16 @@ def tracin_topk(indexes: list[Index], metas: list[dict], queries: list[np.ndarra
 def write_tracin(cfg: TracInConfig, metas: list[dict], scores: np.ndarray, docs: np.ndarray, lrs: list[float]) -> dict:
     """topk.parquet (the `bergson score` layout, usable by `bergson validate`) and tracin.json."""
     from ... import fs as fsu
-    from ...index.build import open_corpus
-    from ...scoring.results import TOPK_FILE, topk_table, write_table
+    from ...guards import checked_topk_table
+    from ...scoring.results import TOPK_FILE, write_table
 
-    spec = metas[0]["spec"]
-    corpus = open_corpus(spec["dataset"], spec["split"], cfg.storage_options)
-    out = write_table(topk_table(scores, docs, corpus, spec, aggregated=False),
-                      fsu.join(cfg.output.rstrip("/"), TOPK_FILE), cfg.storage_options)
+    warnings: list[str] = []
+    table = checked_topk_table(Index(cfg.indexes[0], cfg.storage_options), metas[0], scores, docs, False, warnings)
+    out = write_table(table, fsu.join(cfg.output.rstrip("/"), TOPK_FILE), cfg.storage_options)
     summary = {"method": "tracin", "indexes": cfg.indexes, "models": [m["spec"]["model"] for m in metas],
                "learning_rates": lrs, "lr_weight": "given" if cfg.learning_rates is not None else cfg.lr_weight,
                "metric": cfg.metric, "queries": cfg.queries, "documents": int(metas[0]["dataset"]["rows"]),
-               "top_k": int(scores.shape[1]), "output": out}
+               "top_k": int(scores.shape[1]), "output": out, "warnings": warnings}
     fs, path = fsu.url_to_fs(fsu.join(cfg.output.rstrip("/"), SUMMARY_FILE), cfg.storage_options)
     fsu.write_json(fs, path, summary)
     return summary
