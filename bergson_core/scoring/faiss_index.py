@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 
 import numpy as np
 
@@ -96,10 +97,17 @@ def is_built(url: str, key: dict, storage_options: dict) -> bool:
 def empty_index(factory: str, width: int):
     faiss = _faiss()
     try:
-        return faiss.index_factory(width, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(width, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise ConfigError(f"--faiss {factory!r} is not a FAISS index-factory string this FAISS builds for "
                           f"{width}-wide rows: {str(e).strip().splitlines()[-1][:200]}") from None
+    for part in (index, faiss.try_extract_index_ivf(index)):
+        part = faiss.downcast_index(part) if part is not None else None
+        if hasattr(part, "do_polysemous_training"):
+            # the factory turns on polysemous training of PQ codes: 40x the training time (measured,
+            # IVF256,PQ16 on 16k rows: 140 s vs 3.8 s) for a Hamming filter searches never use
+            part.do_polysemous_training = False
+    return index
 
 
 def prepared_rows(rows: np.ndarray, metric: str, doc_transform=None) -> np.ndarray:
@@ -119,15 +127,19 @@ def _write_index(url: str, index, storage_options: dict) -> str:
 
 
 def _read_index(url: str, storage_options: dict, sha256: str | None = None):
-    """A stored FAISS index; remote files go through the local cache (by checksum), like shards."""
+    """A stored FAISS index. A remote one with a known checksum (the merged index) goes through the
+    local cache, like shards; build intermediates are read straight into memory."""
     faiss = _faiss()
     fs, path = fsu.url_to_fs(url, storage_options)
     if fsu.is_local(fs):
         return faiss.read_index(path)
-    local = os.path.join(cache_root(), "faiss", (sha256 or hashlib.sha256(url.encode()).hexdigest()) + ".faiss")
-    if sha256 is None or not os.path.exists(local):
+    if sha256 is None:
+        with fs.open(path, "rb") as f:
+            return faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
+    local = os.path.join(cache_root(), "faiss", sha256 + ".faiss")
+    if not os.path.exists(local):
         os.makedirs(os.path.dirname(local), exist_ok=True)
-        tmp = f"{local}.tmp-{os.getpid()}"
+        tmp = f"{local}.tmp-{os.getpid()}-{threading.get_ident()}"
         fs.get_file(path, tmp)
         os.replace(tmp, local)
     return faiss.read_index(local)
@@ -220,3 +232,15 @@ class FaissSearcher:
         scores = scores.astype(np.float64)
         scores[ids < 0] = -np.inf
         return scores, np.maximum(ids, 0)
+
+
+def build_in_process(cfg) -> dict:
+    """flows/faiss_index.py's steps as plain calls in this process (no Prefect): tests, benchmarks."""
+    p = plan(cfg)
+    if p["built"]:
+        return {"faiss": p["url"], "built_now": False}
+    index, _, doc_transform = faiss_source(cfg)
+    trained = train(index, p["url"], cfg.faiss, cfg.metric, cfg.faiss_train_rows, doc_transform)
+    for b, shards in enumerate(p["blocks"]):
+        add_block(index, p["url"], b, shards, cfg.metric, doc_transform)
+    return {"faiss": p["url"], "built_now": True, **trained, **merge(index, p["url"], len(p["blocks"]), p["key"])}
