@@ -111,9 +111,10 @@ class QueryEngine:
                   "gradient_seconds": t1 - t0, "search_seconds": t2 - t1, "table_rows": table.num_rows,
                   "warnings": warnings, "rows": shown(table, self.cfg.show)}
         if self.cfg.per_token:
-            from .per_token import write_per_token
+            from .per_token import PER_TOKEN_FILE, write_per_token
 
-            result["per_token"] = write_per_token(self, texts, top_d, bot_d, fsu.join(out, "per_token.parquet"))
+            result["per_token"] = write_per_token(self, q, [(top_s, top_d), (bot_s, bot_d)],
+                                                  fsu.join(out, PER_TOKEN_FILE))
         return result
 
     def table(self, texts: list[str], top_s, top_d, bot_s, bot_d) -> pa.Table:

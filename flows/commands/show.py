@@ -129,6 +129,12 @@ def query(result: dict) -> None:
     render.console.print(f"{how}: {result['search_seconds'] * 1000:.0f} ms; "
                          f"all {result['table_rows']:,} rows written to {result['output']}")
     if result.get("per_token"):
+        from rich.markup import escape
+
+        for r in rows:  # the shown documents, their strongest tokens highlighted
+            marked = result["per_token"]["strongest"].get(f"{r['query_index']}:{r['doc_index']}", [])
+            line = "".join(f"[bold reverse]{escape(t)}[/]" if strong else escape(t) for t, strong in marked)
+            render.console.print(f"query {r['query_index']}, {r['side']} #{r['rank']} ({r['doc_id']}): {line}")
         render.console.print(f"per-token scores written to {result['per_token']['output']}")
     for w in result.get("warnings") or []:
         render.console.print(f"[yellow]warning:[/] {w}")

@@ -101,3 +101,36 @@ def test_output_names_the_file(job, tmp_path):
     assert result["output"].endswith(QUERY_FILE)
     assert list(table.columns) == ["query_index", "side", "rank", "doc_index", "score", "doc_id", "text", "prompt"]
     assert list(table.side) == ["top", "top", "bottom"]
+
+
+@pytest.mark.parametrize("metric", ["inner", "cosine"])
+def test_per_token_scores_sum_to_the_document_score(job, tmp_path, metric):
+    from bergson_core.scoring.per_token import PER_TOKEN_FILE
+
+    result, table = _query(job, tmp_path, texts=[PROMPTS[0]], top_k=2, bottom_k=1, metric=metric, per_token=True)
+    tokens = pq.read_table(tmp_path / result["output_folder"].rsplit("/", 1)[1] / PER_TOKEN_FILE).to_pandas()
+    assert list(tokens.columns) == ["query_index", "doc_index", "position", "token", "score"]
+    for _, row in table.iterrows():
+        mine = tokens[(tokens.query_index == row.query_index) & (tokens.doc_index == row.doc_index)]
+        assert list(mine.position) == list(range(len(mine))) and mine.score.iloc[0] == 0  # nothing predicts token 0
+        # float64 model: the split is exact up to float64 rounding; the stored row is float32
+        np.testing.assert_allclose(mine.score.sum(), row.score, rtol=1e-6)
+    assert set(result["per_token"]["strongest"]) == {f"0:{d}" for d in table.doc_index}
+
+
+def test_per_token_rows_split_the_gradient_and_masked_tokens_give_zero(job):
+    from bergson_core.data.corpus import Doc
+    from bergson_core.gradients.extract import compute_gradients, tracked_modules
+    from bergson_core.scoring.per_token import token_rows
+    from bergson_core.scoring.score import index_build_config
+
+    engine = QueryEngine(QueryConfig(index=job["index"], progress=False))
+    bcfg = index_build_config(engine.meta, engine.scfg)
+    loaded = loading.load_model(bcfg)
+    ids = loaded.tokenizer("the violin and the candle near a river")["input_ids"]
+    labels = [-100] * 4 + ids[4:]  # a prompt of 4 tokens: no loss there
+    doc = Doc(0, "d", ids, labels)
+    rows = token_rows(engine, doc)
+    assert rows.dtype == np.float64 and (rows[:4] == 0).all() and (np.abs(rows[4:]).sum(axis=1) > 0).all()
+    whole, _ = compute_gradients(loaded, tracked_modules(loaded, bcfg), [doc], bcfg, None)
+    np.testing.assert_allclose(rows.sum(axis=0), whole[0], rtol=1e-10, atol=1e-12 * np.abs(whole).max())
