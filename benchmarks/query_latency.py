@@ -6,7 +6,7 @@ Rows have the shape of projected gradients (a decaying spectrum of RANK directio
 isotropic noise), stored float16 like `bergson build`'s default. Query gradients are not computed
 (the model pass is the same for both paths); the prompt row is given.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/query_latency.py            # 20k and 200k rows, width 256
+    PYTHONPATH=. .venv/bin/python benchmarks/query_latency.py            # 20k and 200k rows, width 256, 1 thread
     PYTHONPATH=. .venv/bin/python benchmarks/query_latency.py --rows 20000 --width 1024
 """
 
@@ -91,7 +91,14 @@ def main() -> None:
     p.add_argument("--shard-size", type=int, default=10_000)
     p.add_argument("--nprobe", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="torch and FAISS threads (1: a shared machine's "
+                   "spinning OpenMP threads make timings meaningless).")
     args = p.parse_args()
+    import faiss
+    import torch
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
     print(f"{'rows':>8} {'search':<26} {'build s':>8} {'1 prompt ms':>12} {'vs exact':>9} {'recall@10':>10}")
     for rows in args.rows:
         results = run(rows, args.width, args.shard_size, args.nprobe, args.repeats)
