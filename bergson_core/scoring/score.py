@@ -52,11 +52,14 @@ def query_model_fingerprint(meta: dict, cfg: ScoreConfig) -> str:
     return model_fingerprint(load_model(index_build_config(meta, cfg)).model)
 
 
-def query_gradients(meta: dict, cfg: ScoreConfig) -> QueryGradients:
-    """Gradients of the queries with exactly the index's gradient spec; refuses a mismatch."""
+def query_gradients(meta: dict, cfg: ScoreConfig, queries=None, columns=None) -> QueryGradients:
+    """Gradients of the queries with exactly the index's gradient spec; refuses a mismatch. `queries`
+    (a Corpus, e.g. prompts typed to `bergson query`) and its (text, prompt, completion) `columns`
+    replace cfg.queries and its columns."""
     bcfg = index_build_config(meta, cfg)
-    queries = open_corpus(cfg.queries, cfg.query_split, cfg.storage_options)
-    text_col, prompt_col, comp_col = cfg.query_columns(bcfg)
+    if queries is None:
+        queries = open_corpus(cfg.queries, cfg.query_split, cfg.storage_options)
+    text_col, prompt_col, comp_col = columns or cfg.query_columns(bcfg)
     check_data_columns(queries, text_col, prompt_col, comp_col)
     check_optimizer_state(bcfg, meta)
     loaded = load_model(bcfg)
@@ -69,7 +72,7 @@ def query_gradients(meta: dict, cfg: ScoreConfig) -> QueryGradients:
     docs = tokenize_rows(
         queries, 0, len(queries), loaded.tokenizer, bcfg.max_length, text_col, prompt_col, comp_col, None
     )
-    refuse_empty_queries(docs, cfg.queries)
+    refuse_empty_queries(docs, queries.uri)
     normalizers = open_normalizers(bcfg, loaded, modules)
     width = sum(m.width for m in modules)
     grads = np.zeros((len(docs), width), dtype=np.float32)

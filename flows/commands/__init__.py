@@ -23,9 +23,11 @@ from bergson_core.config import BuildConfig, ScoreConfig
 from bergson_core.config.curvature import STRATEGY_NAMES, EkfacConfig, FitConfig, TrackstarConfig
 from bergson_core.config.dynamics import MagicConfig, TracInConfig
 from bergson_core.config.eval import RecallConfig, ValidateConfig
+from bergson_core.config.query import QueryConfig
 from bergson_core.config.source import SourceConfig
 
 from ..build_cli import launch_build
+from ..query_cli import launch_query
 from . import preload, show
 
 
@@ -89,6 +91,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("score", "Score queries against an index; write DIR/topk.parquet (query_index, rank, doc_index, score, "
             "doc_id, text).",
             ScoreConfig, ("index",), flow="flows.score:score", preload=preload.score, render=show.topk),
+    Command("query", "Ask an index which documents are behind prompts (--text, --queries, or standard input one per "
+            "line, the model loaded once): top-k and --bottom-k documents, exactly or from a FAISS index (--faiss); "
+            "writes OUTPUT/query.parquet.",
+            QueryConfig, ("index",), flow="flows.query:query", launcher=launch_query, render=show.query),
     Command("fit", f"Fit a preconditioner over an index ({', '.join(STRATEGY_NAMES)}): per-shard statistics, reduced, "
             "fitted in float64, saved as INDEX/precond/NAME for `bergson score --preconditioner`.",
             FitConfig, ("index",), flow="flows.fit:fit", preload=preload.fit, render=show.fit),

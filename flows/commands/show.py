@@ -101,3 +101,40 @@ def source(s: dict) -> None:
     Console().print(f"SOURCE ({s['variant']} variant) over {len(s['checkpoints'])} checkpoint(s) in "
                     f"{len(s['segments'])} segment(s), learning-rate totals "
                     f"{', '.join(f'{e:.3g}' for e in s['segment_learning_rates'])}: {s['output']}")
+
+
+def query(result: dict) -> None:
+    """Per prompt: the most helpful (top) and most harmful (bottom) documents shown; stdin mode's
+    final summary is only a count (each answer was printed as it came)."""
+    from rich.table import Table
+
+    from .. import render
+
+    if "answered" in result:
+        render.console.print(f"answered {result['answered']} prompt(s)")
+        return
+    rows, texts = result["rows"], result["query_texts"]
+    for q in range(len(texts)):
+        for side, title in (("top", "most helpful"), ("bottom", "most harmful")):
+            mine = [r for r in rows if r["query_index"] == q and r["side"] == side]
+            if not mine:
+                continue
+            t = Table(title=f"query {q}: {texts[q]} — {title}", title_justify="left")
+            for col in ("rank", "score", "doc", "text"):
+                t.add_column(col, overflow="fold")
+            for r in mine:
+                t.add_row(str(r["rank"]), f"{r['score']:.4f}", f"{r['doc_id']} (#{r['doc_index']})", r["text"] or "")
+            render.console.print(t)
+    how = f"FAISS search of {result['faiss']}" if result["faiss"] else "exact search of all shards"
+    render.console.print(f"{how}: {result['search_seconds'] * 1000:.0f} ms; "
+                         f"all {result['table_rows']:,} rows written to {result['output']}")
+    if result.get("per_token"):
+        from rich.markup import escape
+
+        for r in rows:  # the shown documents, their strongest tokens highlighted
+            marked = result["per_token"]["strongest"].get(f"{r['query_index']}:{r['doc_index']}", [])
+            line = "".join(f"[bold reverse]{escape(t)}[/]" if strong else escape(t) for t, strong in marked)
+            render.console.print(f"query {r['query_index']}, {r['side']} #{r['rank']} ({r['doc_id']}): {line}")
+        render.console.print(f"per-token scores written to {result['per_token']['output']}")
+    for w in result.get("warnings") or []:
+        render.console.print(f"[yellow]warning:[/] {w}")
