@@ -86,6 +86,10 @@ class Command:
 COMMANDS: tuple[Command, ...] = (
     Command("build", "Compute per-document gradients of a corpus into an index (local path or s3:// URL).",
             BuildConfig, ("index",), flow="flows.build:build_index", launcher=launch_build, render=show.build),
+    Command("plan", "What `bergson build` with the same options would compute and cost, before it runs: documents, "
+            "tokens, shards, store bytes, time per shard from a timed calibration batch, total time, and the cost "
+            "with --price-per-hour (also a dashboard artifact). Same as `bergson build --dry-run`.",
+            BuildConfig, ("index",), flow="flows.plan:plan", preload=preload.plan, render=show.plan),
     Command("score", "Score queries against an index; write DIR/topk.parquet (query_index, rank, doc_index, score, "
             "doc_id, text).",
             ScoreConfig, ("index",), flow="flows.score:score", preload=preload.score, render=show.topk),
