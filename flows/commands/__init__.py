@@ -23,10 +23,11 @@ from bergson_core.config import BuildConfig, ScoreConfig
 from bergson_core.config.curvature import STRATEGY_NAMES, EkfacConfig, FitConfig, TrackstarConfig
 from bergson_core.config.dynamics import MagicConfig, TracInConfig
 from bergson_core.config.eval import RecallConfig, ValidateConfig
+from bergson_core.config.interop import ExportConfig, ImportConfig
 from bergson_core.config.source import SourceConfig
 
 from ..build_cli import launch_build
-from . import preload, show
+from . import interop, preload, show
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,11 @@ COMMANDS: tuple[Command, ...] = (
             "full, unprojected corpus gradients (the default for small corpora); --mode projected scores through a "
             "randomly projected index and is an APPROXIMATION of the exact scores. Writes OUTPUT/topk.parquet.",
             EkfacConfig, ("index",), flow="flows.ekfac:ekfac", preload=preload.ekfac, render=show.ekfac),
+    Command("export", "Write an index in Bergson 2.5.1's on-disk layout (gradients.bin, info.json, data.hf, "
+            "processor_config.yaml) for Bergson's Attributor; query gradients must come from this project.",
+            ExportConfig, ("index", "output"), launcher=interop.export, render=interop.show),
+    Command("import", "Read a Bergson 2.5.1 index folder (or one `bergson export` wrote) into a new index here.",
+            ImportConfig, ("source", "index"), launcher=interop.import_, render=interop.show),
     Command("inspect", "Show an index's layout, sizes and health; exit 1 when shards are missing or corrupt.",
             module="inspect"),
     Command("status", "What an index holds: complete / missing / corrupt shards, scores, preconditioners; exit 1 if "
