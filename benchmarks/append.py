@@ -24,7 +24,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--job", default="/work/peers/job")
     ap.add_argument("--out", default="/tmp/append-bench")
+    ap.add_argument("--corpus", default="corpus20k", help="job/CORPUS.jsonl (corpus: the 2,000-document job)")
     ap.add_argument("--old", type=int, default=18000, help="documents indexed before the append")
+    ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--skip-rebuild", action="store_true", help="stop after the append: the ratio to the old "
                     "documents' build + fit bounds the ratio to a rebuild from above")
     args = ap.parse_args()
@@ -37,7 +39,7 @@ def main() -> None:
 
     shutil.rmtree(args.out, ignore_errors=True)
     os.makedirs(args.out)
-    lines = open(os.path.join(args.job, "corpus20k.jsonl")).read().splitlines(keepends=True)
+    lines = open(os.path.join(args.job, f"{args.corpus}.jsonl")).read().splitlines(keepends=True)
     old, new = os.path.join(args.out, "old.jsonl"), os.path.join(args.out, "new.jsonl")
     open(old, "w").writelines(lines[: args.old])
     open(new, "w").writelines(lines[args.old:])
@@ -45,7 +47,7 @@ def main() -> None:
     def build(index: str, dataset: str, **kw) -> dict:
         return launch("build", BuildConfig(index=index, dataset=dataset, model=os.path.join(args.job, "model"),
                                            projection_dim=16, grad_dtype="float32", batch_tokens=2048,
-                                           shard_size=1000, progress=False, **kw))
+                                           shard_size=args.shard_size, progress=False, **kw))
 
     def fit(index: str) -> dict:
         return launch("fit", FitConfig(index=index, strategy="ekfac", stats_source="rows", progress=False))
@@ -72,7 +74,7 @@ def main() -> None:
     if args.skip_rebuild:
         return
     print(f"full rebuild of {len(lines)} documents")
-    t_build = timed("  build (all documents)", build, whole, os.path.join(args.job, "corpus20k.jsonl"))
+    t_build = timed("  build (all documents)", build, whole, os.path.join(args.job, f"{args.corpus}.jsonl"))
     t_fit = timed("  fit ekfac (all documents)", fit, whole)
     a, b = C.load_preconditioner(grown, "ekfac"), C.load_preconditioner(whole, "ekfac")
     same = sorted(a.tensors) == sorted(b.tensors) and all((a.tensors[k] == b.tensors[k]).all() for k in a.tensors)
