@@ -2,7 +2,7 @@
 row-major gradients.bin that numpy reads back to the very rows, info.json's sizes in module order,
 data.hf), an export imported back gives byte-identical shards (float32 and float16), a folder Bergson
 wrote imports with its rows and is marked so no query gradient of ours is scored against it, and
-mistakes are one-line refusals."""
+mistakes are refused before anything is written."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ from bergson_core.errors import InputError, StoreError
 from bergson_core.index.bergson_format import check_not_foreign, export_bergson, import_bergson
 from bergson_core.index.build import build_shard, prepare_build
 from bergson_core.index.store import Index, grad_matrix
-
-from .test_cli_errors import _assert_user_error
 
 
 def _build(ws, index, dtype) -> Index:
@@ -92,7 +90,7 @@ def test_a_folder_bergson_wrote_imports_and_is_marked(workspace, tmp_path):
         check_not_foreign(meta, index.url)
 
 
-def test_cli_refuses_a_folder_that_is_not_an_index(tmp_path, run_cli):
-    proc = run_cli("import", tmp_path, tmp_path / "idx")
-    _assert_user_error(proc, "is not a Bergson index")
+def test_a_folder_that_is_not_an_index_is_refused(tmp_path):
+    with pytest.raises(InputError, match="is not a Bergson index"):
+        import_bergson(ImportConfig(source=str(tmp_path), index=str(tmp_path / "idx")))
     assert not os.path.exists(tmp_path / "idx")
