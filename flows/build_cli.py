@@ -15,9 +15,17 @@ def _embedded_api() -> bool:
 
 
 def launch_build(cfg: BuildConfig) -> dict:
+    if cfg.dry_run:  # the plan of this build instead (flows/plan.py)
+        from .commands import launch
+
+        return launch("plan", cfg)
     from bergson_core.index.stamps import nothing_to_do
 
     done = nothing_to_do(cfg)  # every shard there, inputs unchanged: no model load, no Prefect start
+    if done is None and cfg.append:
+        from bergson_core.index.append import nothing_new
+
+        done = nothing_new(cfg)  # an append already done
     if done is not None:
         return done
     import contextlib

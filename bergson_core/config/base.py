@@ -104,6 +104,19 @@ class RunOptions(_Options):
         return redact(value) if info.mode_is_json() else value
 
 
+class PlanOptions(_Options):
+    """What `bergson plan` (and `bergson build --dry-run`) needs besides the build's own options."""
+
+    dry_run: bool = Field(False, description="Print what the build would compute and cost (as `bergson plan` "
+                          "does) and stop before any gradient is computed.")
+    price_per_hour: float | None = Field(None, ge=0, description="Price of an hour of the device: the plan "
+                                         "prints the cost of the build.")
+    plan_sample: int = Field(20000, gt=0, description="The plan tokenises every document up to this many; past "
+                             "it, whole shards picked at random and scales their token count up.")
+    calibration_documents: int = Field(16, gt=0, description="Documents of the plan's calibration batch (timed "
+                                       "on the chosen device).")
+
+
 # -- the query set: declared once, mixed into every config that reads queries -----------------------
 # The blocks differ only in what their help says an unset query column falls back to (the index's
 # columns, or the command's own --text-column ...) and in whether --queries is required; the fields,
@@ -162,7 +175,7 @@ QueryOptions = _block("QueryOptions", "A query set of a training recipe (validat
                       lambda kind: f"--{kind}-column", completion_note="; only its tokens carry loss")
 
 
-class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):
+class BuildConfig(PlanOptions, RunOptions, GradientOptions, DataOptions, ModelOptions):
     """`bergson build`: compute and store per-document gradients of a corpus."""
 
     index: str = Field(..., description="Index folder: a local path or an s3:// URL.")
@@ -175,6 +188,10 @@ class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):
     verify: bool | None = Field(
         None, description="Checksum the shards a rerun skips (a corrupt one is recomputed); sizes are always "
         "checked. Default: on for local indexes, off for remote ones (a checksum downloads every shard).",
+    )
+    append: bool = Field(
+        False, description="Add --dataset's new documents to the existing index as new shards (a new file, or the "
+        "indexed file grown at its end); existing shards and fitted statistics' partial sums are kept.",
     )
 
     def spec(self) -> dict[str, Any]:

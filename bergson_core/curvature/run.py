@@ -23,9 +23,9 @@ from .. import curvature as C
 from .. import fs as fsu
 from ..config import CODE_VERSION, spec_hash
 from ..config.curvature import EkfacConfig, FitConfig, FitOptions, apply_options
-from ..data.corpus import tokenize_rows
 from ..errors import ConfigError, StoreError
-from ..index.build import check_data_columns, load_for_spec, open_corpus, plan_shards
+from ..index.append import check_sources, index_docs, several_sources, shard_ranges
+from ..index.build import check_data_columns, load_for_spec, open_corpus
 from ..index.store import Index, grad_matrix
 from ..scoring.score import index_build_config
 from .io import PRECOND_MANIFEST, precond_dir, stats_dir, stats_name
@@ -87,7 +87,9 @@ def check_model(cfg: FitConfig, meta: dict):
     loaded, modules, corpus = load_for_spec(bcfg)
     if [m.to_json() for m in modules] != meta["modules"]:
         raise StoreError(f"the model's module layout differs from index {cfg.index}: fit with the model it was built with")
-    if corpus.fingerprint != meta["dataset"]["fingerprint"]:
+    if several_sources(meta):  # an index grown with --append from other files: each must be unchanged
+        check_sources(meta, bcfg.storage_options, cfg.index)
+    elif corpus.fingerprint != meta["dataset"]["fingerprint"]:
         raise StoreError(f"the corpus {bcfg.dataset} changed since index {cfg.index} was built: rebuild the index")
     check_data_columns(corpus, bcfg.text_column, bcfg.prompt_column, bcfg.completion_column, bcfg.id_column)
     return bcfg, loaded, modules, corpus
@@ -99,7 +101,7 @@ def plan_fit(cfg: FitConfig, load: bool = True) -> dict:
     meta = index.meta()
     source = cfg.source()
     kind = C.get_strategy(cfg.strategy).first_pass  # declared by the strategy (strategy.py)
-    shards = plan_shards(meta["dataset"]["rows"], meta["shard_size"])
+    shards = shard_ranges(meta)
     passes = []
     if kind is not None:
         owner = C.get_strategy(kind)  # the strategy whose statistics these are (EK-FAC's: kfac)
@@ -124,7 +126,7 @@ def lambda_pass(cfg: FitConfig, plan: dict, basis: str) -> dict:
     """EK-FAC's eigenvalue-correction pass in the eigenbasis of the saved KFAC fit `basis`."""
     meta = _index(cfg).meta()
     fingerprint = _precond_manifest(cfg, basis)["fingerprint"]
-    shards = plan_shards(meta["dataset"]["rows"], meta["shard_size"])
+    shards = shard_ranges(meta)
     return make_pass(cfg, meta, "ekfac-lambda", plan["source"], shards, basis=fingerprint, basis_name=basis)
 
 
@@ -162,8 +164,7 @@ def _compute(cfg: FitConfig, index: Index, p: dict, start: int, stop: int, shard
             raise ConfigError(f"{kind} statistics cannot come from stored rows")
         return C.get_strategy(kind).rows_stats(rows, blocks, space)
     bcfg, loaded, modules, corpus = check_model(cfg, meta)
-    docs = tokenize_rows(corpus, start, stop, loaded.tokenizer, bcfg.max_length, bcfg.text_column,
-                         bcfg.prompt_column, bcfg.completion_column, bcfg.id_column)
+    docs = index_docs(meta, bcfg, loaded.tokenizer, start, stop)
     kw = {"fisher": cfg.fisher, "seed": cfg.fisher_seed, "loss_reduction": bcfg.loss_reduction,
           "batch_tokens": cfg.batch_tokens, "on_batch": on_batch}
     if kind == "ekfac-lambda":

@@ -22,6 +22,7 @@ from ..guards import check_row_size
 from ..model.loading import LoadedModel, load_model
 from ..model.modules import ModuleInfo
 from ..model.replicas import replica_pool
+from .append import CORPUS_KEY, first_segment, prepare_append, renumber, shard_ranges, shard_source
 from .stamps import source_stamps
 from .store import Index
 
@@ -163,13 +164,16 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
     open_normalizers(cfg, loaded, modules)  # a state from another model is refused before anything is written
     # stamps of the input files: a rerun with nothing to do can tell without loading anything
     meta = index_meta(cfg, modules, corpus, model_fingerprint(loaded.model), source_stamps=source_stamps(cfg))
+    meta[CORPUS_KEY] = [first_segment(cfg, corpus)]  # the corpus list that --append extends (append.py)
     index = Index(cfg.index, cfg.storage_options)
+    if cfg.append and (plan := prepare_append(cfg, index, meta, corpus, write)) is not None:
+        return plan
     if write:
         index.ensure(meta, overwrite=cfg.overwrite)
         index.remove_partial_writes()
     else:
         index.check(meta, overwrite=cfg.overwrite)
-    return BuildPlan(index, meta, plan_shards(len(corpus), cfg.shard_size), checksum_skipped(cfg, index))
+    return BuildPlan(index, meta, shard_ranges(meta), checksum_skipped(cfg, index))
 
 
 def load_for_spec(cfg: BuildConfig) -> tuple[LoadedModel, list[ModuleInfo], Corpus]:
@@ -181,20 +185,23 @@ def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=No
     """Compute and write one shard (skipped when its manifest exists). Returns its manifest
     plus run statistics (tokens, seconds) that are reported but not stored."""
     index = Index(cfg.index, cfg.storage_options)
-    spec_hash = cfg.spec_hash()
+    if cfg.append:  # rows of one of the index's corpus segments (append.py), published under its spec
+        spec_hash, corpus, shift = shard_source(cfg, index, start)
+    else:
+        spec_hash, corpus, shift = cfg.spec_hash(), None, 0
     redo = None  # why an existing shard is recomputed
     if index.has_shard(shard):
         redo = index.verify_shard(shard, checksum_skipped(cfg, index))
         if redo is None:
             return {**index.manifest(shard), "skipped": True, "seconds": 0.0}
     t0 = time.perf_counter()
-    corpus = open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
+    corpus = corpus or open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
     with replica_pool(cfg).take() as loaded:  # a free model replica (one per --devices entry)
         modules = tracked_modules(loaded, cfg)
-        docs = tokenize_rows(
-            corpus, start, stop, loaded.tokenizer, cfg.max_length,
+        docs = renumber(tokenize_rows(
+            corpus, start - shift, stop - shift, loaded.tokenizer, cfg.max_length,
             cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column,
-        )
+        ), shift, cfg.id_column)
         grads, stats = compute_gradients(loaded, modules, docs, cfg, cfg.batch_tokens, on_batch,
                                          normalizers=open_normalizers(cfg, loaded, modules))
     manifest = index.write_shard(

@@ -16,7 +16,6 @@ import torch
 
 from .. import fs as fsu
 from ..config import ScoreConfig
-from ..data.corpus import tokenize_rows
 from ..errors import StoreError
 from ..guards import check_index_ready, checked_topk_table
 from ..index.store import Index, grad_matrix, read_grads
@@ -145,7 +144,8 @@ def recompute_topk(cfg: ScoreConfig, on_rows=None) -> dict:
     dtype exactly as the store would hold them, scored and dropped. Memory does not grow with the
     corpus, and the scores are those run_topk gives on the built index. Needs only index.json."""
     from ..gradients.extract import compute_gradients
-    from ..index.build import load_for_spec, open_normalizers, plan_shards
+    from ..index.append import check_sources, index_docs, several_sources, shard_ranges
+    from ..index.build import load_for_spec, open_normalizers
     from .score import BlockDecoder, TopK, prepare_queries, rows_per_block, score_block
 
     index = Index(cfg.index, cfg.storage_options)
@@ -158,7 +158,9 @@ def recompute_topk(cfg: ScoreConfig, on_rows=None) -> dict:
     loaded, modules, corpus = load_for_spec(bcfg)
     if [m.to_json() for m in modules] != meta["modules"]:
         raise StoreError(f"the model's module layout differs from index {cfg.index}: score with the model it was built with")
-    if corpus.fingerprint != meta["dataset"]["fingerprint"]:
+    if several_sources(meta):  # an index grown with --append from other files: each must be unchanged
+        check_sources(meta, bcfg.storage_options, cfg.index)
+    elif corpus.fingerprint != meta["dataset"]["fingerprint"]:
         raise StoreError(f"the corpus {bcfg.dataset} changed since index {cfg.index} was built: rebuild the index")
     normalizers = open_normalizers(bcfg, loaded, modules)
     qt = prepare_queries(q if transform is None else transform(q), cfg.metric, cfg.aggregate, dtype)
@@ -166,11 +168,10 @@ def recompute_topk(cfg: ScoreConfig, on_rows=None) -> dict:
     decode = BlockDecoder(dtype)
     stored = np.float16 if meta["grad_dtype"] == "float16" else np.float32
     per_block = rows_per_block(meta["row_width"], cfg.block_rows)
-    for _, start, stop in plan_shards(meta["dataset"]["rows"], meta["shard_size"]):
+    for _, start, stop in shard_ranges(meta):
         for lo in range(start, stop, per_block):
             hi = min(stop, lo + per_block)
-            docs = tokenize_rows(corpus, lo, hi, loaded.tokenizer, bcfg.max_length, bcfg.text_column,
-                                 bcfg.prompt_column, bcfg.completion_column, bcfg.id_column)
+            docs = index_docs(meta, bcfg, loaded.tokenizer, lo, hi)
             grads, _ = compute_gradients(loaded, modules, docs, bcfg, cfg.batch_tokens, normalizers=normalizers)
             rows = grads.astype(stored, copy=False)  # the numbers the store would hold
             del grads

@@ -29,6 +29,9 @@ from ..model.loading import load_model
 
 def index_build_config(meta: dict, cfg: ScoreConfig) -> BuildConfig:
     """The build config the index was made with, with this run's model/device overrides."""
+    from ..index.bergson_format import check_not_foreign
+
+    check_not_foreign(meta, cfg.index)  # rows projected by Bergson: no query gradient made here matches them
     spec = {k: v for k, v in meta["spec"].items() if k in BuildConfig.model_fields}
     spec.update(index=cfg.index, device=cfg.device, storage_options=cfg.storage_options)
     if cfg.model:

@@ -23,12 +23,13 @@ from bergson_core.config import BuildConfig, ScoreConfig
 from bergson_core.config.curvature import STRATEGY_NAMES, EkfacConfig, FitConfig, TrackstarConfig
 from bergson_core.config.dynamics import MagicConfig, TracInConfig
 from bergson_core.config.eval import RecallConfig, ValidateConfig
+from bergson_core.config.interop import ExportConfig, ImportConfig
 from bergson_core.config.query import QueryConfig
 from bergson_core.config.source import SourceConfig
 
 from ..build_cli import launch_build
 from ..query_cli import launch_query
-from . import preload, show
+from . import interop, preload, show
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,10 @@ class Command:
 COMMANDS: tuple[Command, ...] = (
     Command("build", "Compute per-document gradients of a corpus into an index (local path or s3:// URL).",
             BuildConfig, ("index",), flow="flows.build:build_index", launcher=launch_build, render=show.build),
+    Command("plan", "What `bergson build` with the same options would compute and cost, before it runs: documents, "
+            "tokens, shards, store bytes, time per shard from a timed calibration batch, total time, and the cost "
+            "with --price-per-hour (also a dashboard artifact). Same as `bergson build --dry-run`.",
+            BuildConfig, ("index",), flow="flows.plan:plan", preload=preload.plan, render=show.plan),
     Command("score", "Score queries against an index; write DIR/topk.parquet (query_index, rank, doc_index, score, "
             "doc_id, text).",
             ScoreConfig, ("index",), flow="flows.score:score", preload=preload.score, render=show.topk),
@@ -108,6 +113,11 @@ COMMANDS: tuple[Command, ...] = (
             "full, unprojected corpus gradients (the default for small corpora); --mode projected scores through a "
             "randomly projected index and is an APPROXIMATION of the exact scores. Writes OUTPUT/topk.parquet.",
             EkfacConfig, ("index",), flow="flows.ekfac:ekfac", preload=preload.ekfac, render=show.ekfac),
+    Command("export", "Write an index in Bergson 2.5.1's on-disk layout (gradients.bin, info.json, data.hf, "
+            "processor_config.yaml) for Bergson's Attributor; query gradients must come from this project.",
+            ExportConfig, ("index", "output"), launcher=interop.export, render=interop.show),
+    Command("import", "Read a Bergson 2.5.1 index folder (or one `bergson export` wrote) into a new index here.",
+            ImportConfig, ("source", "index"), launcher=interop.import_, render=interop.show),
     Command("inspect", "Show an index's layout, sizes and health; exit 1 when shards are missing or corrupt.",
             module="inspect"),
     Command("status", "What an index holds: complete / missing / corrupt shards, scores, preconditioners; exit 1 if "

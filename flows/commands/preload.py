@@ -12,6 +12,12 @@ def score(cfg) -> None:
     ensure_query_gradients(cfg)  # query gradients while Prefect starts
 
 
+def plan(cfg) -> None:
+    from bergson_core.index.build import prepare_build
+
+    prepare_build(cfg, write=False)  # validation and the model, as the build's own
+
+
 def fit(cfg) -> None:
     from bergson_core.curvature.run import plan_fit
     from bergson_core.scoring.run import ensure_query_gradients

@@ -7,11 +7,19 @@ from __future__ import annotations
 def build(result: dict) -> None:
     from .. import render
 
+    if "calibration_tokens_per_second" in result:  # build --dry-run: the plan
+        return plan(result)
     if result.get("nothing_to_do"):
         render.console.print(f"index {result['index']} is complete ({result['shards']} shards, "
                              f"{result['documents']:,} documents) and its inputs are unchanged: nothing to do")
         return
     render.build_summary(result)
+
+
+def plan(result: dict) -> None:
+    from ..plan import render
+
+    render(result)
 
 
 def topk(result: dict) -> None:

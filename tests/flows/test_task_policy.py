@@ -8,12 +8,12 @@ import importlib
 from prefect.tasks import Task
 
 GPU_BOUND = {"extract-shard", "stats-shard", "retrain-subset", "query-gradients", "tracin-query-gradients",
-             "magic-part", "source-query-gradients", "score-recomputed"}
+             "magic-part", "source-query-gradients", "score-recomputed", "plan-build"}
 
 
 def _tasks() -> dict[str, Task]:
     out = {}
-    for name in ("build", "curvature", "dynamics", "evaluate", "score", "source"):
+    for name in ("build", "curvature", "dynamics", "evaluate", "plan", "score", "source"):
         mod = importlib.import_module(f"tasks.{name}")
         out.update({v.name: v for v in vars(mod).values() if isinstance(v, Task)})
     return out
