@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from bergson_core.config import BuildConfig, ScoreConfig
 from bergson_core.config.curvature import STRATEGY_NAMES, EkfacConfig, FitConfig, TrackstarConfig
 from bergson_core.config.dynamics import MagicConfig, TracInConfig
+from bergson_core.config.estimators import TrakConfig
 from bergson_core.config.eval import RecallConfig, ValidateConfig
 from bergson_core.config.source import SourceConfig
 
@@ -125,6 +126,10 @@ COMMANDS: tuple[Command, ...] = (
             "EK-FAC, the query carried back through the segments); writes DIR/topk.parquet (usable by `bergson "
             "validate`).",
             SourceConfig, flow="flows.source:source", preload=preload.source, render=show.source),
+    Command("trak", "TRAK over an ensemble of models (one index each, e.g. checkpoints or independently trained "
+            "models): 1 - p reweighting, (Phi^T Phi + lambda I)^-1 per model in the projected space, scores averaged; "
+            "writes DIR/topk.parquet (usable by `bergson validate`).",
+            TrakConfig, flow="flows.trak:trak", check=preload.trak, render=show.trak),
     Command("demo", "Offline demo: tiny model + topical corpus, build, score, print the top documents per query.",
             module="demo"),
     Command("benchmark", "Regenerate the bundled results table (LDS, recall@10, wall time per method) on a tiny facts "

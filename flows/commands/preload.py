@@ -74,3 +74,9 @@ def source(cfg) -> None:
     from bergson_core.methods.source.run import plan_source
 
     plan_source(cfg)
+
+
+def trak(cfg) -> None:
+    from bergson_core.methods.trak.run import open_indexes
+
+    open_indexes(cfg)

@@ -101,3 +101,10 @@ def source(s: dict) -> None:
     Console().print(f"SOURCE ({s['variant']} variant) over {len(s['checkpoints'])} checkpoint(s) in "
                     f"{len(s['segments'])} segment(s), learning-rate totals "
                     f"{', '.join(f'{e:.3g}' for e in s['segment_learning_rates'])}: {s['output']}")
+
+
+def trak(s: dict) -> None:
+    from rich.console import Console
+
+    Console().print(f"TRAK over {len(s['models'])} model(s), damping {s['damping']:g} ({s['damping_mode']}): "
+                    f"{s['output']}")
