@@ -44,3 +44,34 @@ def _trak_checkpoints(bench: Bench) -> str:
     shutil.rmtree(root, ignore_errors=True)
     checkpoints = _checkpointed_run(bench, os.path.join(root, "run"), TRACIN_CHECKPOINTS)
     return _trak(bench, "trak-checkpoints", [os.path.join(c, "model") for c in checkpoints])
+
+
+def _second_order(bench: Bench, slug: str, command: str, options: dict) -> str:
+    """A full-gradient index (p = 0) of the trained model, then `bergson lissa` or `bergson arnoldi` on it."""
+    from bergson_core.config import BuildConfig
+    from bergson_core.config.estimators import ArnoldiConfig, LissaConfig
+
+    from . import launch
+
+    root = os.path.join(bench.workdir, slug)
+    shutil.rmtree(root, ignore_errors=True)  # time the whole method
+    index = os.path.join(root, "index")
+    launch("build", BuildConfig(index=index, model=bench.model, dataset=bench.corpus, id_column="id",
+                                projection_dim=0, loss_reduction="mean", grad_dtype="float32", progress=False))
+    config = LissaConfig if command == "lissa" else ArnoldiConfig
+    cfg = config(index=index, queries=bench.queries, query_prompt_column="prompt", query_completion_column="completion",
+                 output=os.path.join(root, "scores"), progress=False, **options)
+    return launch(command, cfg)["output"]
+
+
+@method("LiSSA (GGN, depth 100)", "(G + lambda I)^-1 g_q by the LiSSA recursion (Agarwal et al. 2017), Gauss-Newton "
+        "products through the model on 32 random documents per step, lambda = 0.01 x largest eigenvalue, s = 1.5 x "
+        "(largest eigenvalue + lambda); full gradients")
+def _lissa(bench: Bench) -> str:
+    return _second_order(bench, "lissa", "lissa", {"depth": 100, "lissa_batch": 32})
+
+
+@method("Arnoldi (GGN, 50 iterations, rank 20)", "top-20 Gauss-Newton eigenpairs by 50 Arnoldi iterations, "
+        "g_q^T U (Lambda + lambda)^-1 U^T g_d, lambda = 0.01 x largest (Schioppa et al. 2022); full gradients")
+def _arnoldi(bench: Bench) -> str:
+    return _second_order(bench, "arnoldi", "arnoldi", {"iterations": 50, "rank": 20})

@@ -82,7 +82,7 @@ def methods() -> dict[str, tuple[Callable[[Bench], str], str]]:
     from . import benchmark_curvature as curv
 
     rows = [_random, _inner, _cosine, _inner_full, _cosine_full, dyn._tracin, dyn._source, dyn._magic,
-            curv._trackstar, curv._ekfac, est._trak_final, est._trak_checkpoints]
+            curv._trackstar, curv._ekfac, est._trak_final, est._trak_checkpoints, est._lissa, est._arnoldi]
     return {fn.bench_name: (fn, fn.bench_notes) for fn in rows}
 
 
