@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ...data.batching import collate
 from ...data.corpus import Doc
@@ -72,7 +73,9 @@ class Layout:
 
 
 def _logits(model, layout: Layout, ids, mask) -> torch.Tensor:
-    return upcast(functional_call(model, layout.params, (), {"input_ids": ids, "attention_mask": mask}).logits)
+    # the math attention kernel: the fused ones (flash, memory-efficient) have no double backward
+    with sdpa_kernel([SDPBackend.MATH]):
+        return upcast(functional_call(model, layout.params, (), {"input_ids": ids, "attention_mask": mask}).logits)
 
 
 def loss_gradients(model, layout: Layout, docs: list[Doc], pad_id: int, reduction: str) -> torch.Tensor:
