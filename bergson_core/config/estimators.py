@@ -54,7 +54,8 @@ class LissaConfig(_SecondOrderConfig):
 
     depth: int = Field(100, gt=0, description="Recursion depth (curvature-vector products per query block).")
     scale: float | None = Field(None, gt=0.0, description="s of the recursion, above the largest eigenvalue "
-                                "(default: 1.5 x (the power-iteration estimate + lambda)).")
+                                "(default: 1.5 x (the power-iteration estimate + lambda); with --lissa-batch, the largest estimate over the "
+                                "corpus and 4 random batches).")
     lissa_batch: int = Field(0, ge=0, description="Documents of the curvature at each step, drawn at random "
                              "(0 = the whole corpus every step: deterministic).")
     power_steps: int = Field(20, gt=0, description="Power-iteration steps estimating the largest eigenvalue.")

@@ -17,6 +17,7 @@ from ...index.store import Index, encode_grads, grad_matrix, read_grads
 from .operator import Layout, curvature_product, loss_gradients
 
 QUERY_FILE = "preconditioned_queries.arrow"
+BATCH_PROBES = 4  # random batches whose largest eigenvalue bounds the scale of a mini-batch LiSSA
 
 
 def _setup(cfg):
@@ -68,6 +69,15 @@ def lissa_queries(cfg: LissaConfig, model, layout, docs, qgrads, pad, reduction)
         return _product(cfg, model, layout, [docs[i] for i in pick], pad, reduction)(v)
 
     top = power_iteration(lambda j, v: full(v), layout.width, cfg.power_steps, qgrads.dtype, cfg.seed)
+    if cfg.lissa_batch and cfg.lissa_batch < len(docs):
+        # a small batch's curvature reaches far above the corpus mean's: the scale must stay above every
+        # step's, or the recursion diverges; the largest over a few random batches stands in for them
+        draw = torch.Generator().manual_seed(cfg.seed + 1)
+        for _ in range(BATCH_PROBES):
+            pick = torch.randperm(len(docs), generator=draw)[:cfg.lissa_batch].tolist()
+            batch = _product(cfg, model, layout, [docs[i] for i in pick], pad, reduction)
+            top = max(top, power_iteration(lambda j, v: batch(v), layout.width, cfg.power_steps, qgrads.dtype,
+                                           cfg.seed))
     damping = _damping(cfg, top)
     scale = cfg.scale or 1.5 * (top + damping)
     out, updates = [], []
