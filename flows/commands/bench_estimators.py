@@ -67,8 +67,8 @@ def _second_order(bench: Bench, slug: str, command: str, options: dict) -> str:
 @method("LiSSA (GGN, depth 50)", "(G + lambda I)^-1 g_q by the LiSSA recursion (Agarwal et al. 2017), Gauss-Newton "
         "products through the model on 8 random documents per step (each query vector costs its own backward: "
         "queries x depth x batch document passes), lambda = 0.01 x largest eigenvalue, s = 1.5 x (largest "
-        "eigenvalue of the corpus or 4 random batches + lambda); truncated (lambda / s ~ 1e-3: far from converged "
-        "after 50 steps, so a Neumann-series regulariser more than an inverse); full gradients")
+        "eigenvalue of the corpus or 4 random batches + lambda); truncated (lambda / s ~ 7e-3: far from converged "
+        "after 50 steps, so a Neumann-series regulariser more than an inverse; lissa.json reports the updates); full gradients")
 def _lissa(bench: Bench) -> str:
     return _second_order(bench, "lissa", "lissa", {"depth": 50, "lissa_batch": 8})
 
