@@ -16,13 +16,15 @@ from .base import CODE_VERSION, QUERY_FIELDS, DataOptions, ModelOptions, QueryOp
 class TrainOptions(_Options):
     """A training recipe: everything that decides the trained weights besides the init and the data."""
 
-    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer (AdamW as in torch, or SGD).")
+    optimizer: Literal["adamw", "sgd", "muon"] = Field(
+        "adamw", description="Optimizer: AdamW as in torch, SGD, or Muon (Newton-Schulz-orthogonalised Nesterov "
+        "momentum for the hidden weight matrices, with --momentum, e.g. 0.95; AdamW for every other parameter).")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="Decoupled (AdamW) or L2 (SGD) weight decay.")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW first-moment decay.")
     beta2: float = Field(0.999, ge=0, lt=1, description="AdamW second-moment decay.")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum (0 = plain SGD).")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD or Muon momentum (0 = plain SGD).")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 to --lr over this many optimizer steps.")
     schedule: Literal["linear", "constant"] = Field(
         "linear", description="After warmup: linear decay to 0 at the last step, or constant."

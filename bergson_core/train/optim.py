@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from ..config.eval import TrainOptions
+from .muon import MATRIX_STATE, hidden_matrices, muon_update
 
 
 def safe_sqrt(v: torch.Tensor) -> torch.Tensor:
@@ -48,12 +49,23 @@ def sgd_update(p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor],
     return p - lr * d, state
 
 
-UPDATES = {"adamw": adamw_update, "sgd": sgd_update}
+_SAFE_ADAMW = functools.partial(adamw_update, sqrt=safe_sqrt)
+UPDATES = {"adamw": adamw_update, "sgd": sgd_update, "muon": functools.partial(muon_update, adam=adamw_update)}
 # for reverse-mode through the steps: the same updates, AdamW with the safe square root
-DIFFERENTIABLE_UPDATES = {"adamw": functools.partial(adamw_update, sqrt=safe_sqrt), "sgd": sgd_update}
+DIFFERENTIABLE_UPDATES = {"adamw": _SAFE_ADAMW, "sgd": sgd_update,
+                          "muon": functools.partial(muon_update, adam=_SAFE_ADAMW)}
 
 
-def init_state(p: torch.Tensor, opts: TrainOptions) -> dict[str, torch.Tensor]:
-    if opts.optimizer == "adamw":
+def init_state(p: torch.Tensor, opts: TrainOptions, matrix: bool = False) -> dict[str, torch.Tensor]:
+    """A parameter's fresh optimizer state; `matrix`: a hidden weight matrix, which Muon orthogonalises."""
+    if opts.optimizer == "muon" and matrix:
+        return {MATRIX_STATE: torch.zeros_like(p)}
+    if opts.optimizer in ("adamw", "muon"):
         return {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
     return {"momentum_buffer": torch.zeros_like(p)} if opts.momentum else {}
+
+
+def init_states(model: torch.nn.Module, params: dict[str, torch.Tensor], opts: TrainOptions) -> dict[str, dict]:
+    """Fresh optimizer states of `params` (names of `model`'s parameters)."""
+    matrices = hidden_matrices(model) if opts.optimizer == "muon" else set()
+    return {name: init_state(p, opts, name in matrices) for name, p in params.items()}

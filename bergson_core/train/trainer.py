@@ -34,7 +34,7 @@ from ..config.eval import TrainOptions
 from ..data.batching import collate
 from ..data.corpus import Doc
 from ..model.loss import document_losses
-from .optim import UPDATES, adamw_update, init_state, sgd_update  # noqa: F401  (re-exported)
+from .optim import UPDATES, adamw_update, init_state, init_states, sgd_update  # noqa: F401  (re-exported)
 
 MODEL_DIR = "model"  # Hugging Face folder (config, safetensors weights, tokenizer)
 OPTIMIZER_FILE = "optimizer.safetensors"  # "<param>.exp_avg", "<param>.exp_avg_sq" | "<param>.momentum_buffer"
@@ -128,7 +128,7 @@ def train(model: torch.nn.Module, docs: list[Doc], opts: TrainOptions, weights: 
         raise ValueError(f"weights must have one entry per document ({n}) or per document and token ({n}, "
                          f"{longest} or more), got shape {tuple(w.shape)}")
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    state = {name: init_state(p, opts) for name, p in params.items()}
+    state = init_states(model, params, opts)
     result = TrainResult(steps=0)
     if checkpoint_dir:
         latest = latest_checkpoint(checkpoint_dir)

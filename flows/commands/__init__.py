@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from bergson_core.config import BuildConfig, ScoreConfig
 from bergson_core.config.curvature import STRATEGY_NAMES, EkfacConfig, FitConfig, TrackstarConfig
 from bergson_core.config.dynamics import MagicConfig, TracInConfig
+from bergson_core.config.estimators import ArnoldiConfig, LissaConfig, TrakConfig
 from bergson_core.config.eval import RecallConfig, ValidateConfig
 from bergson_core.config.interop import ExportConfig, ImportConfig
 from bergson_core.config.query import QueryConfig
@@ -141,6 +142,19 @@ COMMANDS: tuple[Command, ...] = (
             "EK-FAC, the query carried back through the segments); writes DIR/topk.parquet (usable by `bergson "
             "validate`).",
             SourceConfig, flow="flows.source:source", preload=preload.source, render=show.source),
+    Command("trak", "TRAK over an ensemble of models (one index each, e.g. checkpoints or independently trained "
+            "models): 1 - p reweighting, (Phi^T Phi + lambda I)^-1 per model in the projected space, scores averaged; "
+            "writes DIR/topk.parquet (usable by `bergson validate`).",
+            TrakConfig, flow="flows.trak:trak", check=preload.trak, render=show.trak),
+    Command("lissa", "LiSSA influence: (H + lambda I)^-1 on the query gradients by the LiSSA recursion with Gauss-Newton "
+            "or Hessian-vector products through the index's model (convergence reported), scored against the index "
+            "(full gradients with --projection-dim 0, else through its projection); writes DIR/topk.parquet.",
+            LissaConfig, ("index",), flow="flows.lissa:lissa", preload=preload.second_order, render=show.lissa),
+    Command("arnoldi", "Arnoldi influence: the top-r eigenpairs of the Gauss-Newton matrix or Hessian by Arnoldi "
+            "iteration with curvature-vector products, the query gradients inverted in their span, scored against "
+            "the index; writes DIR/topk.parquet.",
+            ArnoldiConfig, ("index",), flow="flows.arnoldi:arnoldi", preload=preload.second_order,
+            render=show.arnoldi),
     Command("demo", "Offline demo: tiny model + topical corpus, build, score, print the top documents per query.",
             module="demo"),
     Command("benchmark", "Regenerate the bundled results table (LDS, recall@10, wall time per method) on a tiny facts "

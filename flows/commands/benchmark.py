@@ -78,10 +78,11 @@ def methods() -> dict[str, tuple[Callable[[Bench], str], str]]:
     """The benchmark's rows, in table order: the one explicit registry (the same list whichever
     modules were imported before). A new row: a function named with @method, added here."""
     from . import bench_dynamics as dyn
+    from . import bench_estimators as est
     from . import benchmark_curvature as curv
 
     rows = [_random, _inner, _cosine, _inner_full, _cosine_full, dyn._tracin, dyn._source, dyn._magic,
-            curv._trackstar, curv._ekfac]
+            curv._trackstar, curv._ekfac, est._trak_final, est._trak_checkpoints, est._lissa, est._arnoldi]
     return {fn.bench_name: (fn, fn.bench_notes) for fn in rows}
 
 

@@ -80,3 +80,15 @@ def source(cfg) -> None:
     from bergson_core.methods.source.run import plan_source
 
     plan_source(cfg)
+
+
+def trak(cfg) -> None:
+    from bergson_core.methods.trak.run import open_indexes
+
+    open_indexes(cfg)
+
+
+def second_order(cfg) -> None:  # LiSSA, Arnoldi: the index, its model, corpus and query columns
+    from bergson_core.methods.hessian.run import _setup
+
+    _setup(cfg)

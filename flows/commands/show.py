@@ -146,3 +146,26 @@ def query(result: dict) -> None:
         render.console.print(f"per-token scores written to {result['per_token']['output']}")
     for w in result.get("warnings") or []:
         render.console.print(f"[yellow]warning:[/] {w}")
+
+
+def trak(s: dict) -> None:
+    from rich.console import Console
+
+    Console().print(f"TRAK over {len(s['models'])} model(s), damping {s['damping']:g} ({s['damping_mode']}): "
+                    f"{s['output']}")
+
+
+def lissa(s: dict) -> None:
+    from rich.console import Console
+
+    state = "converged" if s["converged"] else "NOT converged (raise --damping or --scale, or use --hessian ggn)"
+    Console().print(f"LiSSA ({s['hessian']}, {s['parameters']} parameters, damping {s['damping']:.3g}, scale "
+                    f"{s['scale']:.3g}): relative update {s['relative_update_first']:.2e} -> "
+                    f"{s['relative_update_last']:.2e}, {state}: {s['output']}")
+
+
+def arnoldi(s: dict) -> None:
+    from rich.console import Console
+
+    Console().print(f"Arnoldi ({s['hessian']}, {s['parameters']} parameters): {len(s['eigenvalues'])} eigenpairs, "
+                    f"eigenvalues {max(s['eigenvalues']):.4g} .. {min(s['eigenvalues']):.4g}: {s['output']}")

@@ -42,7 +42,7 @@ from ...config.eval import TrainOptions
 from ...data.batching import collate
 from ...data.corpus import Doc
 from ...model.loss import document_losses
-from ...train.optim import DIFFERENTIABLE_UPDATES, init_state
+from ...train.optim import DIFFERENTIABLE_UPDATES, init_states
 from ...train.trainer import learning_rate, step_batches, total_steps
 
 SCHEDULES = ("every", "sqrt", "log")
@@ -102,7 +102,7 @@ class Unrolled:
 
     def initial(self) -> State:
         params = {n: p.detach().clone() for n, p in self.model.named_parameters() if n in self.names}
-        return State(0, params, {n: init_state(p, self.opts) for n, p in params.items()})
+        return State(0, params, init_states(self.model, params, self.opts))
 
     def batches(self, s: int):
         if s not in self._batches:
