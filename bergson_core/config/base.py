@@ -81,6 +81,32 @@ class GradientOptions(_Options):
     )
 
 
+class AdapterOptions(_Options):
+    """A PEFT adapter on the model: gradients are taken w.r.t. its LoRA factors only."""
+
+    adapter: str | None = Field(
+        None, description="PEFT adapter folder (save_pretrained) loaded on --model; gradients are taken with "
+        "respect to its LoRA A and B factors only, each its own module.",
+    )
+    new_lora: str | None = Field(
+        None, description="Attribute through a freshly initialised LoRA adapter, e.g. "
+        "r=8,alpha=16,target_modules=q_proj|v_proj (fixed seed; peft's init, so B = 0 and A has zero gradients).",
+    )
+
+
+class ObjectiveOptions(_Options):
+    """What carries loss: chat transcripts."""
+
+    conversation_column: str | None = Field(
+        None, description="Column of chat transcripts (lists of {role, content} messages), rendered with the "
+        "tokenizer's chat template; only the assistant's tokens carry loss.",
+    )
+
+
+# Options added after indexes existed: left out of a spec while unset, so older indexes keep their hash
+OPTIONAL_SPEC_FIELDS = (*AdapterOptions.model_fields, *ObjectiveOptions.model_fields)
+
+
 class RunOptions(_Options):
     batch_tokens: int | None = Field(
         None, gt=0, description="Token budget per batch (padded tokens of length-sorted documents); "
@@ -162,7 +188,7 @@ QueryOptions = _block("QueryOptions", "A query set of a training recipe (validat
                       lambda kind: f"--{kind}-column", completion_note="; only its tokens carry loss")
 
 
-class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):
+class BuildConfig(RunOptions, ObjectiveOptions, GradientOptions, DataOptions, AdapterOptions, ModelOptions):
     """`bergson build`: compute and store per-document gradients of a corpus."""
 
     index: str = Field(..., description="Index folder: a local path or an s3:// URL.")
@@ -182,6 +208,7 @@ class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):
         keys = list(ModelOptions.model_fields) + list(DataOptions.model_fields)
         keys += list(GradientOptions.model_fields) + ["shard_size"]
         spec = {k: getattr(self, k) for k in keys if k != "device"}
+        spec.update({k: getattr(self, k) for k in OPTIONAL_SPEC_FIELDS if getattr(self, k) is not None})
         if self.optimizer_state is None:  # absent, so indexes built before these options keep their hash
             del spec["optimizer_state"], spec["normalizer"]
         else:  # the bytes of the state, not its path, decide the stored gradients

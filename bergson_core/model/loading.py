@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ModelOptions
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 
 _CACHE: dict[tuple, "LoadedModel"] = {}
 _CACHE_LOCK = threading.Lock()
@@ -60,7 +60,7 @@ def load_model(opts: ModelOptions) -> LoadedModel:
         raise InputError("no model given: pass --model PATH_OR_HUB_ID")
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
-    key = (opts.model, opts.revision, opts.gguf_file, str(dtype), str(device))
+    key = (opts.model, opts.revision, opts.gguf_file, str(dtype), str(device), *_adapter_key(opts))
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = _load(opts, device, dtype)
@@ -82,9 +82,27 @@ def _load(opts: ModelOptions, device: torch.device, dtype: torch.dtype) -> Loade
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"could not load model {opts.model!r}: {first}") from e
-    model.to(device).eval()
+    _attach_adapters(model, opts)
+    model.to(device=device, dtype=dtype).eval()  # also the adapter's new layers
     model.requires_grad_(False)
     return LoadedModel(model, tokenizer, device, dtype, threading.Lock())
+
+
+def _adapter_key(opts) -> tuple:
+    """--adapter / --new-lora of a config that has them (BuildConfig), else nothing."""
+    return getattr(opts, "adapter", None), getattr(opts, "new_lora", None)
+
+
+def _attach_adapters(model: torch.nn.Module, opts) -> None:
+    adapter, new_lora = _adapter_key(opts)
+    if adapter and new_lora:
+        raise ConfigError("give --adapter or --new-lora, not both")
+    from .adapters import attach_adapter, attach_new_lora
+
+    if adapter:
+        attach_adapter(model, adapter)
+    elif new_lora:
+        attach_new_lora(model, new_lora)
 
 
 def clear_cache() -> None:

@@ -1,7 +1,8 @@
 """Which modules are tracked, and where each one's numbers sit in a gradient row.
 
 Every `nn.Linear` and GPT-2 `Conv1D` of the transformer body is tracked; the LM head (output
-embeddings) is excluded by default. A per-document gradient of a module is always laid out as
+embeddings) is excluded by default; on a model with a PEFT adapter only the adapter's LoRA factors
+are tracked by default (model/adapters.py). A per-document gradient of a module is always laid out as
 out x in (O x I, plus a ones column for the bias), even for Conv1D whose weight is stored in x out.
 """
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .adapters import ADAPTER_GLOBS, has_adapter
 
 
 def _conv1d_type():
@@ -59,6 +61,8 @@ def find_modules(
 ) -> list[ModuleInfo]:
     """Tracked modules in model order, with their column ranges in a gradient row."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not include and has_adapter(model):  # an adapter is what was tuned: its factors, not the base
+        include = ADAPTER_GLOBS
     found, offset = [], 0
     for name, module in model.named_modules():
         shape = shape_of(module)
