@@ -89,7 +89,8 @@ def check_model(cfg: FitConfig, meta: dict):
         raise StoreError(f"the model's module layout differs from index {cfg.index}: fit with the model it was built with")
     if corpus.fingerprint != meta["dataset"]["fingerprint"]:
         raise StoreError(f"the corpus {bcfg.dataset} changed since index {cfg.index} was built: rebuild the index")
-    check_data_columns(corpus, bcfg.text_column, bcfg.prompt_column, bcfg.completion_column, bcfg.id_column)
+    check_data_columns(corpus, bcfg.text_column, bcfg.prompt_column, bcfg.completion_column, bcfg.id_column,
+                       bcfg.conversation_column)
     return bcfg, loaded, modules, corpus
 
 
@@ -163,7 +164,7 @@ def _compute(cfg: FitConfig, index: Index, p: dict, start: int, stop: int, shard
         return C.get_strategy(kind).rows_stats(rows, blocks, space)
     bcfg, loaded, modules, corpus = check_model(cfg, meta)
     docs = tokenize_rows(corpus, start, stop, loaded.tokenizer, bcfg.max_length, bcfg.text_column,
-                         bcfg.prompt_column, bcfg.completion_column, bcfg.id_column)
+                         bcfg.prompt_column, bcfg.completion_column, bcfg.id_column, bcfg.conversation_column)
     kw = {"fisher": cfg.fisher, "seed": cfg.fisher_seed, "loss_reduction": bcfg.loss_reduction,
           "batch_tokens": cfg.batch_tokens, "on_batch": on_batch}
     if kind == "ekfac-lambda":

@@ -169,13 +169,21 @@ def tokenize_rows(
     prompt_column: str | None = None,
     completion_column: str | None = None,
     id_column: str | None = None,
+    conversation_column: str | None = None,
 ) -> list[Doc]:
-    """Tokenise rows [start, stop). With prompt+completion only completion tokens carry loss."""
+    """Tokenise rows [start, stop). With prompt+completion only completion tokens carry loss; with a
+    conversation column only the assistant's tokens (data/chat.py)."""
     rows = corpus.dataset.select(range(start, stop)).to_dict()
     n = stop - start
     ids = rows[id_column] if id_column else [str(start + i) for i in range(n)]
     docs = []
-    if prompt_column and completion_column:
+    if conversation_column:
+        from .chat import chat_tokens
+
+        for i, messages in enumerate(rows[conversation_column]):
+            tok, lab = chat_tokens(tokenizer, messages, max_length)
+            docs.append(Doc(start + i, str(ids[i]), tok, lab))
+    elif prompt_column and completion_column:
         prompts = tokenizer(list(map(_text, rows[prompt_column])))["input_ids"]
         comps = tokenizer(list(map(_text, rows[completion_column])), add_special_tokens=False)["input_ids"]
         for i, (p, c) in enumerate(zip(prompts, comps)):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import CODE_VERSION, BuildConfig
+from ..data.chat import check_chat_template, check_conversations
 from ..data.corpus import Corpus, check_columns, load_corpus, tokenize_rows
 from ..errors import ConfigError
 from ..gradients.extract import compute_gradients, tracked_modules
@@ -89,15 +90,19 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def check_data_columns(corpus: Corpus, text: str, prompt: str | None, completion: str | None,
-                       id_column: str | None = None) -> None:
-    """Refuse a corpus that lacks the columns the options name."""
+                       id_column: str | None = None, conversation: str | None = None) -> None:
+    """Refuse a corpus that lacks the columns the options name (or whose conversations are malformed)."""
+    check_columns(corpus, id_column)
+    if conversation is not None:  # the transcript is the whole document: text/prompt columns unused
+        check_columns(corpus, conversation)
+        check_conversations(corpus.dataset, conversation, corpus.uri)
+        return
     if (prompt is None) != (completion is None):
         raise ConfigError("give both --prompt-column and --completion-column, or neither")
     if prompt is None:
         check_columns(corpus, text)
     else:
         check_columns(corpus, prompt, completion)
-    check_columns(corpus, id_column)
 
 
 def checksum_skipped(cfg: BuildConfig, index: Index) -> bool:
@@ -155,8 +160,11 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {cfg.device} asked for but CUDA is not available: use --device cpu")
     corpus = open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
-    check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column)
+    check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column,
+                       cfg.conversation_column)
     loaded = load_model(cfg)
+    if cfg.conversation_column:
+        check_chat_template(loaded.tokenizer, cfg.model)
     modules = tracked_modules(loaded, cfg)
     check_row_size(sum(m.width for m in modules), min(cfg.shard_size, len(corpus)), cfg.grad_dtype,
                    cfg.projection_dim, len(modules))  # before any allocation or index.json
@@ -193,7 +201,7 @@ def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=No
         modules = tracked_modules(loaded, cfg)
         docs = tokenize_rows(
             corpus, start, stop, loaded.tokenizer, cfg.max_length,
-            cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column,
+            cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column, cfg.conversation_column,
         )
         grads, stats = compute_gradients(loaded, modules, docs, cfg, cfg.batch_tokens, on_batch,
                                          normalizers=open_normalizers(cfg, loaded, modules))

@@ -57,7 +57,7 @@ def query_gradients(meta: dict, cfg: ScoreConfig) -> QueryGradients:
     bcfg = index_build_config(meta, cfg)
     queries = open_corpus(cfg.queries, cfg.query_split, cfg.storage_options)
     text_col, prompt_col, comp_col = cfg.query_columns(bcfg)
-    check_data_columns(queries, text_col, prompt_col, comp_col)
+    check_data_columns(queries, text_col, prompt_col, comp_col, conversation=bcfg.conversation_column)
     check_optimizer_state(bcfg, meta)
     loaded = load_model(bcfg)
     modules = tracked_modules(loaded, bcfg)
@@ -67,7 +67,8 @@ def query_gradients(meta: dict, cfg: ScoreConfig) -> QueryGradients:
         )
     warning = check_query_model(meta, query_model_fingerprint(meta, cfg), cfg.allow_model_mismatch, cfg.index)
     docs = tokenize_rows(
-        queries, 0, len(queries), loaded.tokenizer, bcfg.max_length, text_col, prompt_col, comp_col, None
+        queries, 0, len(queries), loaded.tokenizer, bcfg.max_length, text_col, prompt_col, comp_col, None,
+        bcfg.conversation_column,  # an index of conversations is queried with conversations
     )
     refuse_empty_queries(docs, cfg.queries)
     normalizers = open_normalizers(bcfg, loaded, modules)
