@@ -95,15 +95,22 @@ class AdapterOptions(_Options):
 
 
 class ObjectiveOptions(_Options):
-    """What carries loss: chat transcripts."""
+    """What carries loss, and which loss: chat transcripts, label smoothing, reward weighting."""
 
     conversation_column: str | None = Field(
         None, description="Column of chat transcripts (lists of {role, content} messages), rendered with the "
         "tokenizer's chat template; only the assistant's tokens carry loss.",
     )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Label smoothing of the next-token cross-entropy (as torch's).")
+    reward_column: str | None = Field(
+        None, description="Reward column: each document's loss is weighted by its advantage, the reward minus "
+        "the mean reward of the documents sharing its --prompt-column (the whole corpus without one): a "
+        "policy-gradient loss.",
+    )
 
 
-# Options added after indexes existed: left out of a spec while unset, so older indexes keep their hash
+# Options added after indexes existed: left out of a spec while at their default, so older indexes keep their hash
 OPTIONAL_SPEC_FIELDS = (*AdapterOptions.model_fields, *ObjectiveOptions.model_fields)
 
 
@@ -208,7 +215,8 @@ class BuildConfig(RunOptions, ObjectiveOptions, GradientOptions, DataOptions, Ad
         keys = list(ModelOptions.model_fields) + list(DataOptions.model_fields)
         keys += list(GradientOptions.model_fields) + ["shard_size"]
         spec = {k: getattr(self, k) for k in keys if k != "device"}
-        spec.update({k: getattr(self, k) for k in OPTIONAL_SPEC_FIELDS if getattr(self, k) is not None})
+        spec.update({k: getattr(self, k) for k in OPTIONAL_SPEC_FIELDS
+                     if getattr(self, k) != type(self).model_fields[k].default})
         if self.optimizer_state is None:  # absent, so indexes built before these options keep their hash
             del spec["optimizer_state"], spec["normalizer"]
         else:  # the bytes of the state, not its path, decide the stored gradients

@@ -147,6 +147,7 @@ class Doc:
     doc_id: str
     input_ids: list[int]
     labels: list[int]
+    weight: float = 1.0  # scales the document's loss (a policy-gradient advantage, data/rewards.py)
 
     @property
     def num_loss_tokens(self) -> int:
@@ -170,9 +171,11 @@ def tokenize_rows(
     completion_column: str | None = None,
     id_column: str | None = None,
     conversation_column: str | None = None,
+    reward_column: str | None = None,
 ) -> list[Doc]:
     """Tokenise rows [start, stop). With prompt+completion only completion tokens carry loss; with a
-    conversation column only the assistant's tokens (data/chat.py)."""
+    conversation column only the assistant's tokens (data/chat.py); with a reward column each
+    document's loss is weighted by its advantage over its prompt's mean reward (data/rewards.py)."""
     rows = corpus.dataset.select(range(start, stop)).to_dict()
     n = stop - start
     ids = rows[id_column] if id_column else [str(start + i) for i in range(n)]
@@ -195,4 +198,10 @@ def tokenize_rows(
         for i, tok in enumerate(texts):
             tok = tok[:max_length]
             docs.append(Doc(start + i, str(ids[i]), tok, list(tok)))
+    if reward_column:
+        from .rewards import advantages
+
+        adv = advantages(corpus, reward_column, prompt_column)
+        for doc in docs:
+            doc.weight = float(adv[doc.index])
     return docs

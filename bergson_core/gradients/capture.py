@@ -119,14 +119,17 @@ class GradientCollector:
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         loss_reduction: str = "sum",
+        label_smoothing: float = 0.0,
+        weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradient rows [B, D] (on the model's device) and per-document losses [B]."""
+        """Gradient rows [B, D] (on the model's device) and per-document losses [B]. `weights` [B]
+        scales each document's loss (a policy-gradient advantage), and so its gradient row."""
         bsz = input_ids.shape[0]
         self._mask = attention_mask.to(self.dtype)
         self._out = torch.zeros(bsz, self.width, device=self.device, dtype=self.dtype)
         try:
-            losses = hooked_losses(self.model, input_ids, attention_mask, labels, loss_reduction)
-            losses.sum().backward()
+            losses = hooked_losses(self.model, input_ids, attention_mask, labels, loss_reduction, label_smoothing)
+            (losses if weights is None else losses * weights.to(losses.dtype)).sum().backward()
             return self._out, losses.detach()
         finally:  # also after an error inside the batch: nothing of this batch outlives it
             self._out, self._mask = None, None

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import torch
 
 from ..config import GradientOptions
 from ..data.batching import collate, plan_batches
@@ -56,6 +57,7 @@ def compute_gradients(
         loaded.model, modules, opts.projection_dim, opts.projection_type, opts.projection_seed, normalizers
     )
     lengths = [len(docs[i].input_ids) for i in live]
+    smoothing = getattr(opts, "label_smoothing", 0.0)  # a BuildConfig's loss options (absent: plain CE)
     out = np.zeros((len(docs), width), dtype=np.float64 if collector.dtype.itemsize == 8 else np.float32)
     with loaded.lock:
         batch_tokens = resolve_batch_tokens(loaded.model, lengths, batch_tokens)
@@ -63,7 +65,9 @@ def compute_gradients(
         for batch in plan_batches(lengths, batch_tokens):
             rows = [live[j] for j in batch]
             ids, mask, labels = collate([docs[r] for r in rows], pad, loaded.device)
-            grads, _ = collector.run_batch(ids, mask, labels, opts.loss_reduction)
+            weights = [docs[r].weight for r in rows]
+            weights = None if all(w == 1.0 for w in weights) else torch.tensor(weights, device=loaded.device)
+            grads, _ = collector.run_batch(ids, mask, labels, opts.loss_reduction, smoothing, weights)
             out[rows] = grads.cpu().numpy()
             n_tok = int(mask.sum())
             stats.tokens += n_tok

@@ -17,6 +17,7 @@ import torch
 from ..config import CODE_VERSION, BuildConfig
 from ..data.chat import check_chat_template, check_conversations
 from ..data.corpus import Corpus, check_columns, load_corpus, tokenize_rows
+from ..data.rewards import advantages
 from ..errors import ConfigError
 from ..gradients.extract import compute_gradients, tracked_modules
 from ..guards import check_row_size
@@ -90,19 +91,22 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def check_data_columns(corpus: Corpus, text: str, prompt: str | None, completion: str | None,
-                       id_column: str | None = None, conversation: str | None = None) -> None:
-    """Refuse a corpus that lacks the columns the options name (or whose conversations are malformed)."""
-    check_columns(corpus, id_column)
+                       id_column: str | None = None, conversation: str | None = None,
+                       reward: str | None = None) -> None:
+    """Refuse a corpus that lacks the columns the options name (or whose conversations or rewards are
+    malformed)."""
+    check_columns(corpus, id_column, reward, prompt)  # the prompt groups rewards even without a completion
     if conversation is not None:  # the transcript is the whole document: text/prompt columns unused
         check_columns(corpus, conversation)
         check_conversations(corpus.dataset, conversation, corpus.uri)
-        return
-    if (prompt is None) != (completion is None):
-        raise ConfigError("give both --prompt-column and --completion-column, or neither")
-    if prompt is None:
+    elif completion is None and (prompt is None or reward is not None):  # text documents
         check_columns(corpus, text)
+    elif prompt is None or completion is None:
+        raise ConfigError("give both --prompt-column and --completion-column, or neither")
     else:
-        check_columns(corpus, prompt, completion)
+        check_columns(corpus, completion)
+    if reward is not None:
+        advantages(corpus, reward, prompt)  # a NaN or text reward is refused here, before any write
 
 
 def checksum_skipped(cfg: BuildConfig, index: Index) -> bool:
@@ -161,7 +165,7 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
         raise ConfigError(f"--device {cfg.device} asked for but CUDA is not available: use --device cpu")
     corpus = open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
     check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column,
-                       cfg.conversation_column)
+                       cfg.conversation_column, cfg.reward_column)
     loaded = load_model(cfg)
     if cfg.conversation_column:
         check_chat_template(loaded.tokenizer, cfg.model)
@@ -202,6 +206,7 @@ def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=No
         docs = tokenize_rows(
             corpus, start, stop, loaded.tokenizer, cfg.max_length,
             cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column, cfg.conversation_column,
+            cfg.reward_column,
         )
         grads, stats = compute_gradients(loaded, modules, docs, cfg, cfg.batch_tokens, on_batch,
                                          normalizers=open_normalizers(cfg, loaded, modules))

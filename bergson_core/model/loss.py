@@ -18,13 +18,14 @@ def upcast(logits: torch.Tensor) -> torch.Tensor:
 
 
 def document_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum",
-                    token_weights: torch.Tensor | None = None) -> torch.Tensor:
+                    token_weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
     """Next-token cross-entropy per document [B] from logits [B, T, V], in the logits' dtype;
     labels == -100 carry no loss. `token_weights` [B, T] weighs the loss of predicting each
     position's token (position 0 unused); "mean" divides by the number of counted tokens, so
-    weights of 1 change nothing."""
+    weights of 1 change nothing. `label_smoothing` is F.cross_entropy's."""
     target = labels[:, 1:]  # [B, T-1]
-    tok = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none")  # [B, T-1]
+    tok = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none",
+                          label_smoothing=label_smoothing)  # [B, T-1]
     if token_weights is not None:
         tok = tok * token_weights[:, 1:]
     loss = tok.sum(dim=1)
