@@ -205,6 +205,10 @@ class BuildConfig(RunOptions, ObjectiveOptions, GradientOptions, DataOptions, Ad
         "auto", description="Model replicas that compute shards at once: auto (every visible CUDA device, "
         "or on CPU one replica per core, at most 4, sharing the weights), cuda:0,cuda:1, or cpu:N.",
     )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations during backward, so long documents fit in "
+        "memory (same gradients, slower).",
+    )
     verify: bool | None = Field(
         None, description="Checksum the shards a rerun skips (a corrupt one is recomputed); sizes are always "
         "checked. Default: on for local indexes, off for remote ones (a checksum downloads every shard).",

@@ -60,7 +60,8 @@ def load_model(opts: ModelOptions) -> LoadedModel:
         raise InputError("no model given: pass --model PATH_OR_HUB_ID")
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
-    key = (opts.model, opts.revision, opts.gguf_file, str(dtype), str(device), *_adapter_key(opts))
+    key = (opts.model, opts.revision, opts.gguf_file, str(dtype), str(device), *_adapter_key(opts),
+           bool(getattr(opts, "gradient_checkpointing", False)))
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = _load(opts, device, dtype)
@@ -85,6 +86,8 @@ def _load(opts: ModelOptions, device: torch.device, dtype: torch.dtype) -> Loade
     _attach_adapters(model, opts)
     model.to(device=device, dtype=dtype).eval()  # also the adapter's new layers
     model.requires_grad_(False)
+    if getattr(opts, "gradient_checkpointing", False):
+        checkpoint_layers(model)
     return LoadedModel(model, tokenizer, device, dtype, threading.Lock())
 
 
@@ -103,6 +106,25 @@ def _attach_adapters(model: torch.nn.Module, opts) -> None:
         attach_adapter(model, adapter)
     elif new_lora:
         attach_new_lora(model, new_lora)
+
+
+def checkpoint_layers(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer's activations in backward (transformers' non-reentrant activation
+    checkpointing) while the model stays in eval mode: transformers checkpoints a layer only when that
+    layer's own `training` flag is set, so only the layer modules get it, and no dropout switches on."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"{type(model).__name__} does not support gradient checkpointing: drop "
+                          "--gradient-checkpointing")
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+    model.config.use_cache = False  # a KV cache would be written twice (forward and recompute)
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ConfigError(f"{type(model).__name__} has no checkpointable layers: drop --gradient-checkpointing")
+    for layer in layers:
+        layer.training = True  # the flag alone: its submodules (dropout) stay in eval mode
 
 
 def clear_cache() -> None:
