@@ -48,7 +48,7 @@ class GradientCollector:
         self.dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
         self.width = sum(m.width for m in modules)
         self._handles: list = []
-        self._acts: dict[str, torch.Tensor] = {}
+        self._acts: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}  # input, routed rows
         self._mask: torch.Tensor | None = None
         self._out: torch.Tensor | None = None
         self._proj: dict[tuple[str, str], torch.Tensor] = {}
@@ -73,7 +73,7 @@ class GradientCollector:
         def hook(module, inputs, output):
             if not output.requires_grad:
                 return
-            self._acts[info.name] = inputs[0].detach()
+            self._acts[info.name] = (inputs[0].detach(), getattr(module, "token_index", None))
             output.register_hook(lambda g: self._backward(info, g))
 
         return hook
@@ -86,9 +86,20 @@ class GradientCollector:
             )
         return self._proj[key]
 
+    def _per_token(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """[B, T, F] from a module input or output given as flattened tokens [B*T, F], or as the
+        rows `rows` [n] of them only (an expert's routed tokens; the others are zeros)."""
+        if x.dim() == 3:
+            return x
+        bsz, length = self._mask.shape
+        if rows is not None:
+            x = x.new_zeros(bsz * length, x.shape[-1]).index_copy_(0, rows, x)
+        return x.reshape(bsz, length, x.shape[-1])
+
     def _backward(self, info: ModuleInfo, g: torch.Tensor) -> None:
-        a = self._acts.pop(info.name).to(self.dtype)  # [B, T, I]
-        g = g.to(self.dtype)  # [B, T, O]
+        a, rows = self._acts.pop(info.name)
+        a = self._per_token(a.to(self.dtype), rows)  # [B, T, I]
+        g = self._per_token(g.to(self.dtype), rows)  # [B, T, O]
         mask = self._mask[..., None]  # [B, T, 1]
         norm = self.normalizers.get(info.name)
         if self.p and norm is None:  # factorised projection inside the hook

@@ -14,6 +14,7 @@ import torch
 
 from ..config import ModelOptions
 from ..errors import ConfigError, InputError
+from .experts import split_experts
 
 _CACHE: dict[tuple, "LoadedModel"] = {}
 _CACHE_LOCK = threading.Lock()
@@ -83,6 +84,7 @@ def _load(opts: ModelOptions, device: torch.device, dtype: torch.dtype) -> Loade
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"could not load model {opts.model!r}: {first}") from e
+    split_experts(model)  # fused MoE expert tensors -> one tracked linear per expert
     _attach_adapters(model, opts)
     model.to(device=device, dtype=dtype).eval()  # also the adapter's new layers
     model.requires_grad_(False)

@@ -2,7 +2,8 @@
 
 Every `nn.Linear` and GPT-2 `Conv1D` of the transformer body is tracked; the LM head (output
 embeddings) is excluded by default; on a model with a PEFT adapter only the adapter's LoRA factors
-are tracked by default (model/adapters.py). A per-document gradient of a module is always laid out as
+are tracked by default (model/adapters.py); MoE routers are not tracked and fused experts are split
+into one linear per expert at load (model/experts.py). A per-document gradient of a module is always laid out as
 out x in (O x I, plus a ones column for the bias), even for Conv1D whose weight is stored in x out.
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .adapters import ADAPTER_GLOBS, has_adapter
+from .experts import ROUTER_GLOBS
 
 
 def _conv1d_type():
@@ -71,7 +73,7 @@ def find_modules(
         if include:
             if not any(fnmatch.fnmatchcase(name, g) for g in include):
                 continue
-        elif module is head:
+        elif module is head or any(fnmatch.fnmatchcase(name, g) for g in ROUTER_GLOBS):
             continue
         if any(fnmatch.fnmatchcase(name, g) for g in exclude):
             continue
