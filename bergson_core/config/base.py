@@ -95,7 +95,7 @@ class AdapterOptions(_Options):
 
 
 class ObjectiveOptions(_Options):
-    """What carries loss, and which loss: chat transcripts, label smoothing, reward weighting."""
+    """What carries loss, and which loss: chat transcripts, label smoothing, reward weighting, preference pairs."""
 
     conversation_column: str | None = Field(
         None, description="Column of chat transcripts (lists of {role, content} messages), rendered with the "
@@ -107,6 +107,11 @@ class ObjectiveOptions(_Options):
         None, description="Reward column: each document's loss is weighted by its advantage, the reward minus "
         "the mean reward of the documents sharing its --prompt-column (the whole corpus without one): a "
         "policy-gradient loss.",
+    )
+    rejected_column: str | None = Field(
+        None, description="Rejected-completion column of preference pairs (with --prompt-column and "
+        "--completion-column, the chosen one): each pair's loss is -log sigmoid of the log-odds difference of "
+        "the two completions' mean token probabilities (ORPO's odds ratio); its row is the pair's gradient.",
     )
 
 

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from ..model.head_loss import has_plain_head, hooked_losses
+from ..model.loss import log_odds_losses
 from ..model.modules import ModuleInfo
 from .projection import projection_matrix
 
@@ -132,16 +133,22 @@ class GradientCollector:
         loss_reduction: str = "sum",
         label_smoothing: float = 0.0,
         weights: torch.Tensor | None = None,
+        pairs: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradient rows [B, D] (on the model's device) and per-document losses [B]. `weights` [B]
-        scales each document's loss (a policy-gradient advantage), and so its gradient row."""
+        scales each document's loss (a policy-gradient advantage), and so its gradient row. With
+        `pairs`, rows [:B/2] are chosen and [B/2:] the rejected completions of B/2 preference pairs
+        (loss: log_odds_losses of their mean cross-entropies); a pair's row is the sum of its two."""
         bsz = input_ids.shape[0]
         self._mask = attention_mask.to(self.dtype)
         self._out = torch.zeros(bsz, self.width, device=self.device, dtype=self.dtype)
         try:
             losses = hooked_losses(self.model, input_ids, attention_mask, labels, loss_reduction, label_smoothing)
+            if pairs:
+                losses = log_odds_losses(losses[: bsz // 2], losses[bsz // 2 :])
             (losses if weights is None else losses * weights.to(losses.dtype)).sum().backward()
-            return self._out, losses.detach()
+            out = self._out[: bsz // 2] + self._out[bsz // 2 :] if pairs else self._out
+            return out, losses.detach()
         finally:  # also after an error inside the batch: nothing of this batch outlives it
             self._out, self._mask = None, None
             self._acts.clear()

@@ -92,10 +92,12 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 def check_data_columns(corpus: Corpus, text: str, prompt: str | None, completion: str | None,
                        id_column: str | None = None, conversation: str | None = None,
-                       reward: str | None = None) -> None:
+                       reward: str | None = None, rejected: str | None = None) -> None:
     """Refuse a corpus that lacks the columns the options name (or whose conversations or rewards are
     malformed)."""
-    check_columns(corpus, id_column, reward, prompt)  # the prompt groups rewards even without a completion
+    check_columns(corpus, id_column, reward, prompt, rejected)  # the prompt groups rewards even without a completion
+    if rejected is not None and (prompt is None or completion is None or conversation is not None):
+        raise ConfigError("--rejected-column needs --prompt-column and --completion-column (the chosen completion)")
     if conversation is not None:  # the transcript is the whole document: text/prompt columns unused
         check_columns(corpus, conversation)
         check_conversations(corpus.dataset, conversation, corpus.uri)
@@ -165,7 +167,7 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
         raise ConfigError(f"--device {cfg.device} asked for but CUDA is not available: use --device cpu")
     corpus = open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
     check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column,
-                       cfg.conversation_column, cfg.reward_column)
+                       cfg.conversation_column, cfg.reward_column, cfg.rejected_column)
     loaded = load_model(cfg)
     if cfg.conversation_column:
         check_chat_template(loaded.tokenizer, cfg.model)
@@ -206,7 +208,7 @@ def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=No
         docs = tokenize_rows(
             corpus, start, stop, loaded.tokenizer, cfg.max_length,
             cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column, cfg.conversation_column,
-            cfg.reward_column,
+            cfg.reward_column, cfg.rejected_column,
         )
         grads, stats = compute_gradients(loaded, modules, docs, cfg, cfg.batch_tokens, on_batch,
                                          normalizers=open_normalizers(cfg, loaded, modules))

@@ -32,3 +32,14 @@ def document_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str =
     if reduction == "mean":
         loss = loss / (target != -100).sum(dim=1).clamp(min=1)
     return loss
+
+
+def log_odds_losses(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Preference loss per pair [B] from the mean next-token cross-entropies of the chosen and the
+    rejected completion [B]: -log sigmoid(log odds(chosen) - log odds(rejected)), with
+    log odds(y) = log p - log(1 - p) and log p = -mean cross-entropy (ORPO's odds-ratio term, Hong et
+    al. 2024)."""
+    def log_odds(ce: torch.Tensor) -> torch.Tensor:
+        return -ce - torch.log(-torch.expm1(-ce))
+
+    return -F.logsigmoid(log_odds(chosen) - log_odds(rejected))

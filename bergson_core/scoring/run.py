@@ -178,7 +178,7 @@ def recompute_topk(cfg: ScoreConfig, on_rows=None) -> dict:
             hi = min(stop, lo + per_block)
             docs = tokenize_rows(corpus, lo, hi, loaded.tokenizer, bcfg.max_length, bcfg.text_column,
                                  bcfg.prompt_column, bcfg.completion_column, bcfg.id_column,
-                                 bcfg.conversation_column, bcfg.reward_column)
+                                 bcfg.conversation_column, bcfg.reward_column, bcfg.rejected_column)
             grads, _ = compute_gradients(loaded, modules, docs, bcfg, cfg.batch_tokens, normalizers=normalizers)
             rows = grads.astype(stored, copy=False)  # the numbers the store would hold
             del grads

@@ -128,3 +128,62 @@ def test_bad_rewards_are_one_line_errors(tmp_path, case):
     assert "\n" not in str(e.value) and ("row" in str(e.value) or case in ("text", "no column")), str(e.value)
     assert not os.path.exists(cfg.index)
     assert cfg.spec()["reward_column"] and "label_smoothing" not in cfg.spec()
+
+
+PAIRS = {
+    "prompt": ["the cat", "a dog", "birds", "the train"],
+    "chosen": ["sat on the mat", "ran in the park", "sing", "leaves at noon"],
+    "rejected": ["ran", "sleeps by the fire", "sing at night in spring", "is slow"],
+}
+
+
+def pair_loss(model, doc) -> torch.Tensor:
+    """ORPO's odds-ratio loss of one pair, unbatched, from per-sequence mean log-probabilities."""
+    def mean_logp(d):
+        logits = model(input_ids=torch.tensor([d.input_ids])).logits[0, :-1]
+        labels = torch.tensor(d.labels[1:])
+        keep = labels != -100
+        return torch.log_softmax(logits, -1)[keep].gather(1, labels[keep][:, None]).mean()
+
+    lc, lr = mean_logp(doc), mean_logp(doc.rejected)
+    odds = (lc - torch.log1p(-torch.exp(lc))) - (lr - torch.log1p(-torch.exp(lr)))
+    return -torch.log(torch.sigmoid(odds))
+
+
+def test_preference_pair_gradients_match_autograd(loaded_models, tokenizer):
+    loaded = loaded_models("llama")
+    docs = tokenize_rows(corpus_from_rows(PAIRS), 0, 4, tokenizer, 64, "text", "prompt", "chosen",
+                         rejected_column="rejected")
+    assert all(d.rejected is not None and d.rejected.input_ids[:2] == d.input_ids[:2] for d in docs)
+    opts = grad_options(include_bias=True)
+    modules = tracked_modules(loaded, opts)
+    got, _ = compute_gradients(loaded, modules, docs, opts, batch_tokens=100_000)
+    subs = [loaded.model.get_submodule(m.name) for m in modules]
+    params = [p for s in subs for p in (s.weight, s.bias)]
+    want = np.zeros_like(got)
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        for r, doc in enumerate(docs):
+            grads = iter(torch.autograd.grad(pair_loss(loaded.model, doc), params))
+            want[r] = torch.cat([torch.cat([w, next(grads)[:, None]], 1).reshape(-1) for w in grads]).numpy()
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+    assert np.abs(want).max() > 1e-4
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-10 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("case", ["missing column", "no completion column"])
+def test_bad_preference_options_are_one_line_errors(tmp_path, case):
+    model = save_tiny(str(tmp_path / "m"), "llama", TEXTS, hidden=16, layers=1)
+    data = write_jsonl(tmp_path / "c.jsonl", [{"prompt": p, "chosen": c} for p, c in zip(PAIRS["prompt"], PAIRS["chosen"])])
+    cols = {"prompt_column": "prompt", "completion_column": "chosen"} if case == "missing column" else {}
+    cfg = BuildConfig(model=model, dataset=data, index=str(tmp_path / "index"), device="cpu",
+                      rejected_column="rejected", **cols)
+    clear_cache()
+    with pytest.raises(UserError) as e:
+        prepare_build(cfg)
+    clear_cache()
+    assert "\n" not in str(e.value) and "rejected" in str(e.value), str(e.value)
+    assert not os.path.exists(cfg.index)
