@@ -101,6 +101,11 @@ class ObjectiveOptions(_Options):
         None, description="Column of chat transcripts (lists of {role, content} messages), rendered with the "
         "tokenizer's chat template; only the assistant's tokens carry loss.",
     )
+    loss: Literal["ce", "kl"] = Field(
+        "ce", description="Per-document loss: ce = next-token cross-entropy; kl = KL divergence of the adapter "
+        "model's next-token distributions from the base model's (adapter disabled), over the loss tokens "
+        "(needs --adapter; a fresh --new-lora equals the base, so its KL gradients are zero).",
+    )
     label_smoothing: float = Field(
         0.0, ge=0.0, lt=1.0, description="Label smoothing of the next-token cross-entropy (as torch's).")
     reward_column: str | None = Field(

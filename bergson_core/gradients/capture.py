@@ -16,8 +16,9 @@ from typing import Callable
 
 import torch
 
+from ..model.adapters import adapters_disabled
 from ..model.head_loss import has_plain_head, hooked_losses
-from ..model.loss import log_odds_losses
+from ..model.loss import kl_document_losses, log_odds_losses, upcast
 from ..model.modules import ModuleInfo
 from .projection import projection_matrix
 
@@ -124,6 +125,13 @@ class GradientCollector:
                 grad = p_out @ grad @ p_in.T  # [B, p, p]
         self._out[:, info.offset : info.offset + info.width] = grad.flatten(1)
 
+    def _kl_losses(self, input_ids, attention_mask, labels, reduction: str) -> torch.Tensor:
+        """KL losses [B]; the base pass runs without gradient, so no hook records anything in it."""
+        with torch.no_grad(), adapters_disabled(self.model):
+            base = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return kl_document_losses(upcast(logits), base, labels, reduction)
+
     # -- one batch --------------------------------------------------------------------------
     def run_batch(
         self,
@@ -134,16 +142,21 @@ class GradientCollector:
         label_smoothing: float = 0.0,
         weights: torch.Tensor | None = None,
         pairs: bool = False,
+        loss: str = "ce",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradient rows [B, D] (on the model's device) and per-document losses [B]. `weights` [B]
         scales each document's loss (a policy-gradient advantage), and so its gradient row. With
         `pairs`, rows [:B/2] are chosen and [B/2:] the rejected completions of B/2 preference pairs
-        (loss: log_odds_losses of their mean cross-entropies); a pair's row is the sum of its two."""
+        (loss: log_odds_losses of their mean cross-entropies); a pair's row is the sum of its two.
+        `loss="kl"`: KL of the model's next-token distributions from the base model's (adapters off)."""
         bsz = input_ids.shape[0]
         self._mask = attention_mask.to(self.dtype)
         self._out = torch.zeros(bsz, self.width, device=self.device, dtype=self.dtype)
         try:
-            losses = hooked_losses(self.model, input_ids, attention_mask, labels, loss_reduction, label_smoothing)
+            if loss == "kl":
+                losses = self._kl_losses(input_ids, attention_mask, labels, loss_reduction)
+            else:
+                losses = hooked_losses(self.model, input_ids, attention_mask, labels, loss_reduction, label_smoothing)
             if pairs:
                 losses = log_odds_losses(losses[: bsz // 2], losses[bsz // 2 :])
             (losses if weights is None else losses * weights.to(losses.dtype)).sum().backward()

@@ -65,6 +65,7 @@ def compute_gradients(
     )
     lengths = [_padded_length(docs[i]) for i in live]
     smoothing = getattr(opts, "label_smoothing", 0.0)  # a BuildConfig's loss options (absent: plain CE)
+    loss = getattr(opts, "loss", "ce")
     out = np.zeros((len(docs), width), dtype=np.float64 if collector.dtype.itemsize == 8 else np.float32)
     with loaded.lock:
         batch_tokens = resolve_batch_tokens(loaded.model, lengths, batch_tokens)
@@ -77,7 +78,7 @@ def compute_gradients(
             weights = [docs[r].weight for r in rows]
             weights = None if all(w == 1.0 for w in weights) else torch.tensor(weights, device=loaded.device)
             reduction = "mean" if pairs else opts.loss_reduction  # log odds of mean log-probabilities
-            grads, _ = collector.run_batch(ids, mask, labels, reduction, smoothing, weights, pairs)
+            grads, _ = collector.run_batch(ids, mask, labels, reduction, smoothing, weights, pairs, loss)
             out[rows] = grads.cpu().numpy()
             n_tok = int(mask.sum())
             stats.tokens += n_tok

@@ -168,6 +168,10 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
     corpus = open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
     check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column,
                        cfg.conversation_column, cfg.reward_column, cfg.rejected_column)
+    if cfg.loss == "kl" and not (cfg.adapter or cfg.new_lora):
+        raise ConfigError("--loss kl compares the adapter model with its base: give --adapter")
+    if cfg.loss == "kl" and (cfg.rejected_column or cfg.label_smoothing):
+        raise ConfigError("--loss kl takes no --rejected-column or --label-smoothing: drop them")
     loaded = load_model(cfg)
     if cfg.conversation_column:
         check_chat_template(loaded.tokenizer, cfg.model)

@@ -43,3 +43,17 @@ def log_odds_losses(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tenso
         return -ce - torch.log(-torch.expm1(-ce))
 
     return -F.logsigmoid(log_odds(chosen) - log_odds(rejected))
+
+
+def kl_document_losses(logits: torch.Tensor, base_logits: torch.Tensor, labels: torch.Tensor,
+                       reduction: str = "sum") -> torch.Tensor:
+    """KL(p || p_base) of the next-token distributions per document [B], summed (or averaged) over
+    the positions whose next token carries a label; logits [B, T, V], base_logits without gradient."""
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)  # [B, T-1, V]
+    base = torch.log_softmax(base_logits[:, :-1].to(logp.dtype), dim=-1)
+    kl = (logp.exp() * (logp - base)).sum(-1)  # [B, T-1]
+    counted = labels[:, 1:] != -100
+    loss = (kl * counted).sum(dim=1)
+    if reduction == "mean":
+        loss = loss / counted.sum(dim=1).clamp(min=1)
+    return loss

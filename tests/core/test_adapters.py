@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bergson_core.config import BuildConfig
+from bergson_core.config import BuildConfig, GradientOptions
 from bergson_core.errors import UserError
 from bergson_core.gradients.extract import compute_gradients, tracked_modules
 from bergson_core.index.build import prepare_build
@@ -110,3 +110,45 @@ def test_adapter_of_another_model_is_one_line_error(tmp_path, model_dir, tokeniz
     clear_cache()
     assert "\n" not in str(e.value) and "adapter" in str(e.value)
     assert not os.path.exists(cfg.index)  # nothing written
+
+
+class KL(GradientOptions):  # plus the build's loss option
+    loss: str = "kl"
+
+
+def test_kl_loss_gradients_match_autograd(tokenizer, adapter_dir):
+    """--loss kl: sum over tokens of KL(adapter model || base model), the base being a separate copy
+    without any adapter (not the same model with its adapter switched off)."""
+    loaded = make_loaded("llama", tokenizer)
+    attach_adapter(loaded.model, adapter_dir)
+    loaded.model.to(torch.float64).requires_grad_(False)
+    base = make_loaded("llama", tokenizer).model
+    opts = KL(projection_dim=0)
+    modules = tracked_modules(loaded, opts)
+    docs = docs_from_texts(tokenizer, TEXTS[:5])
+    got, _ = compute_gradients(loaded, modules, docs, opts, batch_tokens=100_000)
+    params = [loaded.model.get_submodule(m.name).weight for m in modules]
+    want = np.zeros_like(got)
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        for r, doc in enumerate(docs):
+            ids = torch.tensor([doc.input_ids])
+            logp = torch.log_softmax(loaded.model(input_ids=ids).logits[0, :-1], -1)
+            with torch.no_grad():
+                logq = torch.log_softmax(base(input_ids=ids).logits[0, :-1], -1)
+            kl = (logp.exp() * (logp - logq)).sum()
+            want[r] = torch.cat([g.reshape(-1) for g in torch.autograd.grad(kl, params)]).numpy()
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+    assert np.abs(want).max() > 1e-6
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+    assert all(not p.requires_grad for p in loaded.model.parameters())  # adapters back on, still frozen
+
+
+def test_kl_loss_needs_an_adapter(tmp_path, model_dir):
+    cfg = build_cfg(tmp_path, model_dir, loss="kl")
+    with pytest.raises(UserError, match="adapter"):
+        prepare_build(cfg)
+    assert not os.path.exists(cfg.index)
