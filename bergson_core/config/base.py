@@ -137,6 +137,15 @@ class RunOptions(_Options):
         "used but never stored (Prefect parameters, artifacts, logs and index.json show it redacted).",
     )
     progress: bool = Field(True, description="Show progress bars in the terminal.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations during backward, so long documents fit in "
+        "memory (same gradients, slower).",
+    )
+    device_map: str | None = Field(
+        None, description="Spread a model larger than one device with Accelerate: auto, balanced, sequential, or "
+        "a JSON {module: device} map (devices: cuda:N, cpu, disk). Same gradients; one replica.",
+    )
+    offload_folder: str | None = Field(None, description="Folder for the weights --device-map puts on disk.")
 
     @field_serializer("storage_options")
     def _hide_secrets(self, value: dict[str, Any], info):
@@ -214,10 +223,6 @@ class BuildConfig(RunOptions, ObjectiveOptions, GradientOptions, DataOptions, Ad
     devices: str = Field(
         "auto", description="Model replicas that compute shards at once: auto (every visible CUDA device, "
         "or on CPU one replica per core, at most 4, sharing the weights), cuda:0,cuda:1, or cpu:N.",
-    )
-    gradient_checkpointing: bool = Field(
-        False, description="Recompute each layer's activations during backward, so long documents fit in "
-        "memory (same gradients, slower).",
     )
     verify: bool | None = Field(
         None, description="Checksum the shards a rerun skips (a corrupt one is recomputed); sizes are always "

@@ -44,7 +44,7 @@ class GradientCollector:
         self.kind = projection_type
         self.seed = projection_seed
         self.normalizers = normalizers or {}
-        param = next(model.parameters())
+        param = next(p for p in model.parameters() if p.device.type != "meta")  # not an offloaded one
         self.device = param.device
         # float64 models are computed in float64 (tests); everything else in float32
         self.dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
@@ -100,8 +100,9 @@ class GradientCollector:
 
     def _backward(self, info: ModuleInfo, g: torch.Tensor) -> None:
         a, rows = self._acts.pop(info.name)
-        a = self._per_token(a.to(self.dtype), rows)  # [B, T, I]
-        g = self._per_token(g.to(self.dtype), rows)  # [B, T, O]
+        # to the row's device: a --device-map model computes each module where Accelerate put it
+        a = self._per_token(a.to(self.device, self.dtype), rows)  # [B, T, I]
+        g = self._per_token(g.to(self.device, self.dtype), rows)  # [B, T, O]
         mask = self._mask[..., None]  # [B, T, 1]
         norm = self.normalizers.get(info.name)
         if self.p and norm is None:  # factorised projection inside the hook

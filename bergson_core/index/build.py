@@ -21,7 +21,7 @@ from ..data.rewards import advantages
 from ..errors import ConfigError
 from ..gradients.extract import compute_gradients, tracked_modules
 from ..guards import check_row_size
-from ..model.loading import LoadedModel, load_model
+from ..model.loading import LoadedModel, load_model, parameter_sums
 from ..model.modules import ModuleInfo
 from ..model.replicas import replica_pool
 from .stamps import source_stamps
@@ -84,9 +84,8 @@ def check_optimizer_state(cfg: BuildConfig, meta: dict) -> None:
 def model_fingerprint(model: torch.nn.Module) -> str:
     """Config plus a cheap checksum of every parameter: changes when the weights change."""
     h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            h.update(f"{name}:{tuple(p.shape)}:{p.double().sum().item():.10e}".encode())
+    for name, shape, total in parameter_sums(model):
+        h.update(f"{name}:{shape}:{total:.10e}".encode())
     return h.hexdigest()[:16]
 
 

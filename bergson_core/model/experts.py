@@ -92,11 +92,15 @@ def _same_forward(fused: nn.Module, split: SplitExperts) -> bool:
     return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()) + 1e-12)
 
 
-def split_experts(model: nn.Module) -> int:
-    """Replace every fused experts module of `model` by its SplitExperts; returns how many."""
+def split_experts(model: nn.Module, dry_run: bool = False) -> int:
+    """Replace every fused experts module of `model` by its SplitExperts; returns how many (with
+    `dry_run`, how many there would be, changing nothing)."""
     count = 0
     for name, fused in _fused_experts(model):
         if not _fits(fused):
+            continue
+        if dry_run:
+            count += 1
             continue
         split = SplitExperts(fused)
         if not _same_forward(fused, split):

@@ -6,6 +6,7 @@ while the orchestrator boots) share one copy. A lock serialises hooked passes ov
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -62,7 +63,8 @@ def load_model(opts: ModelOptions) -> LoadedModel:
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
     key = (opts.model, opts.revision, opts.gguf_file, str(dtype), str(device), *_adapter_key(opts),
-           bool(getattr(opts, "gradient_checkpointing", False)))
+           bool(getattr(opts, "gradient_checkpointing", False)),
+           getattr(opts, "device_map", None), getattr(opts, "offload_folder", None))
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = _load(opts, device, dtype)
@@ -78,19 +80,43 @@ def _load(opts: ModelOptions, device: torch.device, dtype: torch.dtype) -> Loade
     kwargs = {"revision": opts.revision} if opts.revision else {}
     if gguf:
         kwargs["gguf_file"] = gguf
+    dispatch = _dispatch(opts)
+    if dispatch and (_adapter_key(opts) != (None, None)):
+        raise ConfigError("--device-map does not take --adapter / --new-lora yet: drop one of them")
     try:
         tokenizer = AutoTokenizer.from_pretrained(uri, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(uri, dtype=dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(uri, dtype=dtype, **kwargs, **dispatch)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"could not load model {opts.model!r}: {first}") from e
-    split_experts(model)  # fused MoE expert tensors -> one tracked linear per expert
-    _attach_adapters(model, opts)
-    model.to(device=device, dtype=dtype).eval()  # also the adapter's new layers
+    if dispatch:  # Accelerate placed (and maybe offloaded) the weights; its hooks move activations
+        if split_experts(model, dry_run=True):
+            raise ConfigError("--device-map does not take mixture-of-experts models yet: drop --device-map")
+        model.eval()
+    else:
+        split_experts(model)  # fused MoE expert tensors -> one tracked linear per expert
+        _attach_adapters(model, opts)
+        model.to(device=device, dtype=dtype).eval()  # also the adapter's new layers
     model.requires_grad_(False)
     if getattr(opts, "gradient_checkpointing", False):
         checkpoint_layers(model)
     return LoadedModel(model, tokenizer, device, dtype, threading.Lock())
+
+
+def _dispatch(opts) -> dict:
+    """from_pretrained's device_map / offload_folder for --device-map (a name or a JSON map)."""
+    device_map = getattr(opts, "device_map", None)
+    if not device_map:
+        return {}
+    if device_map.lstrip().startswith("{"):
+        try:
+            device_map = json.loads(device_map)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--device-map is not valid JSON ({e.msg}): give auto or {{\"module\": \"device\"}}") from None
+    out = {"device_map": device_map}
+    if getattr(opts, "offload_folder", None):
+        out["offload_folder"] = opts.offload_folder
+    return out
 
 
 def _adapter_key(opts) -> tuple:
@@ -108,6 +134,23 @@ def _attach_adapters(model: torch.nn.Module, opts) -> None:
         attach_adapter(model, adapter)
     elif new_lora:
         attach_new_lora(model, new_lora)
+
+
+def parameter_sums(model: torch.nn.Module):
+    """(name, shape, float64 sum) of every parameter, as model.named_parameters() lists them; weights
+    that --device-map put on disk (meta tensors here) are read back through Accelerate's hook."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.device.type == "meta":
+                from accelerate.utils import align_module_device
+
+                owner, _, attr = name.rpartition(".")
+                module = model.get_submodule(owner)
+                with align_module_device(module, torch.device("cpu")):
+                    total = getattr(module, attr).double().sum().item()
+            else:
+                total = p.double().sum().item()
+            yield name, tuple(p.shape), total
 
 
 def checkpoint_layers(model: torch.nn.Module) -> None:

@@ -30,7 +30,9 @@ from ..model.loading import load_model
 def index_build_config(meta: dict, cfg: ScoreConfig) -> BuildConfig:
     """The build config the index was made with, with this run's model/device overrides."""
     spec = {k: v for k, v in meta["spec"].items() if k in BuildConfig.model_fields}
-    spec.update(index=cfg.index, device=cfg.device, storage_options=cfg.storage_options)
+    spec.update(index=cfg.index, device=cfg.device, storage_options=cfg.storage_options,
+                gradient_checkpointing=cfg.gradient_checkpointing, device_map=cfg.device_map,
+                offload_folder=cfg.offload_folder)
     if cfg.model:
         spec["model"] = cfg.model
     if cfg.dtype != "auto":
