@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import peft
 import pytest
 import torch
 
@@ -20,7 +21,6 @@ from bergson_core.model.tiny import save_tiny, tiny_model
 
 from .helpers import TEXTS, docs_from_texts, grad_options, make_loaded, reference_gradients, write_jsonl
 
-peft = pytest.importorskip("peft")
 
 
 def save_adapter(path, arch: str, vocab: int, hidden: int = 16, targets=("q_proj", "v_proj")) -> str:
