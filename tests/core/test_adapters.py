@@ -22,7 +22,6 @@ from bergson_core.model.tiny import save_tiny, tiny_model
 from .helpers import TEXTS, docs_from_texts, grad_options, make_loaded, reference_gradients, write_jsonl
 
 
-
 def save_adapter(path, arch: str, vocab: int, hidden: int = 16, targets=("q_proj", "v_proj")) -> str:
     """A LoRA adapter with random A and B (B = 0 would make every A gradient zero)."""
     base = tiny_model(arch, vocab, hidden=hidden, layers=1)
