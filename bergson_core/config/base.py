@@ -81,6 +81,49 @@ class GradientOptions(_Options):
     )
 
 
+class AdapterOptions(_Options):
+    """A PEFT adapter on the model: gradients are taken w.r.t. its LoRA factors only."""
+
+    adapter: str | None = Field(
+        None, description="PEFT adapter folder (save_pretrained) loaded on --model; gradients are taken with "
+        "respect to its LoRA A and B factors only, each its own module.",
+    )
+    new_lora: str | None = Field(
+        None, description="Attribute through a freshly initialised LoRA adapter, e.g. "
+        "r=8,alpha=16,target_modules=q_proj|v_proj (fixed seed; peft's init, so B = 0 and A has zero gradients).",
+    )
+
+
+class ObjectiveOptions(_Options):
+    """What carries loss, and which loss: chat transcripts, label smoothing, reward weighting, preference pairs."""
+
+    conversation_column: str | None = Field(
+        None, description="Column of chat transcripts (lists of {role, content} messages), rendered with the "
+        "tokenizer's chat template; only the assistant's tokens carry loss.",
+    )
+    loss: Literal["ce", "kl"] = Field(
+        "ce", description="Per-document loss: ce = next-token cross-entropy; kl = KL divergence of the adapter "
+        "model's next-token distributions from the base model's (adapter disabled), over the loss tokens "
+        "(needs --adapter; a fresh --new-lora equals the base, so its KL gradients are zero).",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Label smoothing of the next-token cross-entropy (as torch's).")
+    reward_column: str | None = Field(
+        None, description="Reward column: each document's loss is weighted by its advantage, the reward minus "
+        "the mean reward of the documents sharing its --prompt-column (the whole corpus without one): a "
+        "policy-gradient loss.",
+    )
+    rejected_column: str | None = Field(
+        None, description="Rejected-completion column of preference pairs (with --prompt-column and "
+        "--completion-column, the chosen one): each pair's loss is -log sigmoid of the log-odds difference of "
+        "the two completions' mean token probabilities (ORPO's odds ratio); its row is the pair's gradient.",
+    )
+
+
+# Options added after indexes existed: left out of a spec while at their default, so older indexes keep their hash
+OPTIONAL_SPEC_FIELDS = (*AdapterOptions.model_fields, *ObjectiveOptions.model_fields)
+
+
 class RunOptions(_Options):
     batch_tokens: int | None = Field(
         None, gt=0, description="Token budget per batch (padded tokens of length-sorted documents); "
@@ -94,6 +137,15 @@ class RunOptions(_Options):
         "used but never stored (Prefect parameters, artifacts, logs and index.json show it redacted).",
     )
     progress: bool = Field(True, description="Show progress bars in the terminal.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations during backward, so long documents fit in "
+        "memory (same gradients, slower).",
+    )
+    device_map: str | None = Field(
+        None, description="Spread a model larger than one device with Accelerate: auto, balanced, sequential, or "
+        "a JSON {module: device} map (devices: cuda:N, cpu, disk). Same gradients; one replica.",
+    )
+    offload_folder: str | None = Field(None, description="Folder for the weights --device-map puts on disk.")
 
     @field_serializer("storage_options")
     def _hide_secrets(self, value: dict[str, Any], info):
@@ -175,7 +227,7 @@ QueryOptions = _block("QueryOptions", "A query set of a training recipe (validat
                       lambda kind: f"--{kind}-column", completion_note="; only its tokens carry loss")
 
 
-class BuildConfig(PlanOptions, RunOptions, GradientOptions, DataOptions, ModelOptions):
+class BuildConfig(PlanOptions, RunOptions, ObjectiveOptions, GradientOptions, DataOptions, AdapterOptions, ModelOptions):
     """`bergson build`: compute and store per-document gradients of a corpus."""
 
     index: str = Field(..., description="Index folder: a local path or an s3:// URL.")
@@ -199,6 +251,8 @@ class BuildConfig(PlanOptions, RunOptions, GradientOptions, DataOptions, ModelOp
         keys = list(ModelOptions.model_fields) + list(DataOptions.model_fields)
         keys += list(GradientOptions.model_fields) + ["shard_size"]
         spec = {k: getattr(self, k) for k in keys if k != "device"}
+        spec.update({k: getattr(self, k) for k in OPTIONAL_SPEC_FIELDS
+                     if getattr(self, k) != type(self).model_fields[k].default})
         if self.optimizer_state is None:  # absent, so indexes built before these options keep their hash
             del spec["optimizer_state"], spec["normalizer"]
         else:  # the bytes of the state, not its path, decide the stored gradients

@@ -91,7 +91,8 @@ def check_model(cfg: FitConfig, meta: dict):
         check_sources(meta, bcfg.storage_options, cfg.index)
     elif corpus.fingerprint != meta["dataset"]["fingerprint"]:
         raise StoreError(f"the corpus {bcfg.dataset} changed since index {cfg.index} was built: rebuild the index")
-    check_data_columns(corpus, bcfg.text_column, bcfg.prompt_column, bcfg.completion_column, bcfg.id_column)
+    check_data_columns(corpus, bcfg.text_column, bcfg.prompt_column, bcfg.completion_column, bcfg.id_column,
+                       bcfg.conversation_column)
     return bcfg, loaded, modules, corpus
 
 

@@ -147,16 +147,26 @@ class Doc:
     doc_id: str
     input_ids: list[int]
     labels: list[int]
+    weight: float = 1.0  # scales the document's loss (a policy-gradient advantage, data/rewards.py)
+    rejected: "Doc | None" = None  # the rejected completion of a preference pair (model/loss.py log odds)
 
     @property
     def num_loss_tokens(self) -> int:
-        # the first label never counts: nothing predicts it
-        return sum(1 for t in self.labels[1:] if t != -100)
+        # the first label never counts: nothing predicts it; a pair counts only when both sides do
+        own = sum(1 for t in self.labels[1:] if t != -100)
+        return own if self.rejected is None or own == 0 else min(own, self.rejected.num_loss_tokens)
 
 
 def _text(value) -> str:
     """A cell as text: a null is empty (no loss tokens), never the word "None"."""
     return "" if value is None else str(value)
+
+
+def _completions(tokenizer, prompts: list[list[int]], completions: list, max_length: int):
+    """(ids, labels) of prompt + completion, loss on the completion only."""
+    comps = tokenizer(list(map(_text, completions)), add_special_tokens=False)["input_ids"]
+    for p, c in zip(prompts, comps):
+        yield (p + c)[:max_length], ([-100] * len(p) + c)[:max_length]
 
 
 def tokenize_rows(
@@ -169,22 +179,40 @@ def tokenize_rows(
     prompt_column: str | None = None,
     completion_column: str | None = None,
     id_column: str | None = None,
+    conversation_column: str | None = None,
+    reward_column: str | None = None,
+    rejected_column: str | None = None,
 ) -> list[Doc]:
-    """Tokenise rows [start, stop). With prompt+completion only completion tokens carry loss."""
+    """Tokenise rows [start, stop). With prompt+completion only completion tokens carry loss; with a
+    conversation column only the assistant's tokens (data/chat.py); with a reward column each
+    document's loss is weighted by its advantage over its prompt's mean reward (data/rewards.py); with
+    a rejected column each document is a (completion, rejected completion) preference pair."""
     rows = corpus.dataset.select(range(start, stop)).to_dict()
     n = stop - start
     ids = rows[id_column] if id_column else [str(start + i) for i in range(n)]
     docs = []
-    if prompt_column and completion_column:
-        prompts = tokenizer(list(map(_text, rows[prompt_column])))["input_ids"]
-        comps = tokenizer(list(map(_text, rows[completion_column])), add_special_tokens=False)["input_ids"]
-        for i, (p, c) in enumerate(zip(prompts, comps)):
-            tok = (p + c)[:max_length]
-            lab = ([-100] * len(p) + c)[:max_length]
+    if conversation_column:
+        from .chat import chat_tokens
+
+        for i, messages in enumerate(rows[conversation_column]):
+            tok, lab = chat_tokens(tokenizer, messages, max_length)
             docs.append(Doc(start + i, str(ids[i]), tok, lab))
+    elif prompt_column and completion_column:
+        prompts = tokenizer(list(map(_text, rows[prompt_column])))["input_ids"]
+        for i, (tok, lab) in enumerate(_completions(tokenizer, prompts, rows[completion_column], max_length)):
+            docs.append(Doc(start + i, str(ids[i]), tok, lab))
+        if rejected_column:
+            for doc, (tok, lab) in zip(docs, _completions(tokenizer, prompts, rows[rejected_column], max_length)):
+                doc.rejected = Doc(doc.index, doc.doc_id, tok, lab)
     else:
         texts = tokenizer(list(map(_text, rows[text_column])))["input_ids"]
         for i, tok in enumerate(texts):
             tok = tok[:max_length]
             docs.append(Doc(start + i, str(ids[i]), tok, list(tok)))
+    if reward_column:
+        from .rewards import advantages
+
+        adv = advantages(corpus, reward_column, prompt_column)
+        for doc in docs:
+            doc.weight = float(adv[doc.index])
     return docs

@@ -16,7 +16,9 @@ from typing import Callable
 
 import torch
 
+from ..model.adapters import adapters_disabled
 from ..model.head_loss import has_plain_head, hooked_losses
+from ..model.loss import kl_document_losses, log_odds_losses, upcast
 from ..model.modules import ModuleInfo
 from .projection import projection_matrix
 
@@ -42,13 +44,13 @@ class GradientCollector:
         self.kind = projection_type
         self.seed = projection_seed
         self.normalizers = normalizers or {}
-        param = next(model.parameters())
+        param = next(p for p in model.parameters() if p.device.type != "meta")  # not an offloaded one
         self.device = param.device
         # float64 models are computed in float64 (tests); everything else in float32
         self.dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
         self.width = sum(m.width for m in modules)
         self._handles: list = []
-        self._acts: dict[str, torch.Tensor] = {}
+        self._acts: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}  # input, routed rows
         self._mask: torch.Tensor | None = None
         self._out: torch.Tensor | None = None
         self._proj: dict[tuple[str, str], torch.Tensor] = {}
@@ -73,7 +75,7 @@ class GradientCollector:
         def hook(module, inputs, output):
             if not output.requires_grad:
                 return
-            self._acts[info.name] = inputs[0].detach()
+            self._acts[info.name] = (inputs[0].detach(), getattr(module, "token_index", None))
             output.register_hook(lambda g: self._backward(info, g))
 
         return hook
@@ -86,9 +88,21 @@ class GradientCollector:
             )
         return self._proj[key]
 
+    def _per_token(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """[B, T, F] from a module input or output given as flattened tokens [B*T, F], or as the
+        rows `rows` [n] of them only (an expert's routed tokens; the others are zeros)."""
+        if x.dim() == 3:
+            return x
+        bsz, length = self._mask.shape
+        if rows is not None:
+            x = x.new_zeros(bsz * length, x.shape[-1]).index_copy_(0, rows, x)
+        return x.reshape(bsz, length, x.shape[-1])
+
     def _backward(self, info: ModuleInfo, g: torch.Tensor) -> None:
-        a = self._acts.pop(info.name).to(self.dtype)  # [B, T, I]
-        g = g.to(self.dtype)  # [B, T, O]
+        a, rows = self._acts.pop(info.name)
+        # to the row's device: a --device-map model computes each module where Accelerate put it
+        a = self._per_token(a.to(self.device, self.dtype), rows)  # [B, T, I]
+        g = self._per_token(g.to(self.device, self.dtype), rows)  # [B, T, O]
         mask = self._mask[..., None]  # [B, T, 1]
         norm = self.normalizers.get(info.name)
         if self.p and norm is None:  # factorised projection inside the hook
@@ -112,6 +126,13 @@ class GradientCollector:
                 grad = p_out @ grad @ p_in.T  # [B, p, p]
         self._out[:, info.offset : info.offset + info.width] = grad.flatten(1)
 
+    def _kl_losses(self, input_ids, attention_mask, labels, reduction: str) -> torch.Tensor:
+        """KL losses [B]; the base pass runs without gradient, so no hook records anything in it."""
+        with torch.no_grad(), adapters_disabled(self.model):
+            base = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return kl_document_losses(upcast(logits), base, labels, reduction)
+
     # -- one batch --------------------------------------------------------------------------
     def run_batch(
         self,
@@ -119,15 +140,29 @@ class GradientCollector:
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         loss_reduction: str = "sum",
+        label_smoothing: float = 0.0,
+        weights: torch.Tensor | None = None,
+        pairs: bool = False,
+        loss: str = "ce",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradient rows [B, D] (on the model's device) and per-document losses [B]."""
+        """Gradient rows [B, D] (on the model's device) and per-document losses [B]. `weights` [B]
+        scales each document's loss (a policy-gradient advantage), and so its gradient row. With
+        `pairs`, rows [:B/2] are chosen and [B/2:] the rejected completions of B/2 preference pairs
+        (loss: log_odds_losses of their mean cross-entropies); a pair's row is the sum of its two.
+        `loss="kl"`: KL of the model's next-token distributions from the base model's (adapters off)."""
         bsz = input_ids.shape[0]
         self._mask = attention_mask.to(self.dtype)
         self._out = torch.zeros(bsz, self.width, device=self.device, dtype=self.dtype)
         try:
-            losses = hooked_losses(self.model, input_ids, attention_mask, labels, loss_reduction)
-            losses.sum().backward()
-            return self._out, losses.detach()
+            if loss == "kl":
+                losses = self._kl_losses(input_ids, attention_mask, labels, loss_reduction)
+            else:
+                losses = hooked_losses(self.model, input_ids, attention_mask, labels, loss_reduction, label_smoothing)
+            if pairs:
+                losses = log_odds_losses(losses[: bsz // 2], losses[bsz // 2 :])
+            (losses if weights is None else losses * weights.to(losses.dtype)).sum().backward()
+            out = self._out[: bsz // 2] + self._out[bsz // 2 :] if pairs else self._out
+            return out, losses.detach()
         finally:  # also after an error inside the batch: nothing of this batch outlives it
             self._out, self._mask = None, None
             self._acts.clear()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import torch
 
 from ..config import GradientOptions
 from ..data.batching import collate, plan_batches
@@ -33,6 +34,13 @@ class ExtractStats:
     empty: int = 0  # documents with fewer than 2 tokens (or no loss tokens): zero rows
 
 
+def _padded_length(doc: Doc) -> int:
+    """Tokens a document takes in a batch: a preference pair is two rows as long as its longer side."""
+    if doc.rejected is None:
+        return len(doc.input_ids)
+    return 2 * max(len(doc.input_ids), len(doc.rejected.input_ids))
+
+
 def tracked_modules(loaded: LoadedModel, opts: GradientOptions) -> list[ModuleInfo]:
     return find_modules(loaded.model, opts.include, opts.exclude, opts.include_bias, opts.projection_dim)
 
@@ -55,15 +63,22 @@ def compute_gradients(
     collector = GradientCollector(
         loaded.model, modules, opts.projection_dim, opts.projection_type, opts.projection_seed, normalizers
     )
-    lengths = [len(docs[i].input_ids) for i in live]
+    lengths = [_padded_length(docs[i]) for i in live]
+    smoothing = getattr(opts, "label_smoothing", 0.0)  # a BuildConfig's loss options (absent: plain CE)
+    loss = getattr(opts, "loss", "ce")
     out = np.zeros((len(docs), width), dtype=np.float64 if collector.dtype.itemsize == 8 else np.float32)
     with loaded.lock:
         batch_tokens = resolve_batch_tokens(loaded.model, lengths, batch_tokens)
     with loaded.lock, collector:
         for batch in plan_batches(lengths, batch_tokens):
             rows = [live[j] for j in batch]
-            ids, mask, labels = collate([docs[r] for r in rows], pad, loaded.device)
-            grads, _ = collector.run_batch(ids, mask, labels, opts.loss_reduction)
+            chosen = [docs[r] for r in rows]
+            pairs = chosen[0].rejected is not None  # the rejected completions ride in the same batch
+            ids, mask, labels = collate(chosen + ([d.rejected for d in chosen] if pairs else []), pad, loaded.device)
+            weights = [docs[r].weight for r in rows]
+            weights = None if all(w == 1.0 for w in weights) else torch.tensor(weights, device=loaded.device)
+            reduction = "mean" if pairs else opts.loss_reduction  # log odds of mean log-probabilities
+            grads, _ = collector.run_batch(ids, mask, labels, reduction, smoothing, weights, pairs, loss)
             out[rows] = grads.cpu().numpy()
             n_tok = int(mask.sum())
             stats.tokens += n_tok

@@ -193,7 +193,9 @@ def index_docs(meta: dict, bcfg, tokenizer, start: int, stop: int) -> list:
 
     corpus, shift = segment_corpus(meta, start, bcfg.storage_options)
     return renumber(tokenize_rows(corpus, start - shift, stop - shift, tokenizer, bcfg.max_length, bcfg.text_column,
-                                  bcfg.prompt_column, bcfg.completion_column, bcfg.id_column), shift, bcfg.id_column)
+                                  bcfg.prompt_column, bcfg.completion_column, bcfg.id_column,
+                                  bcfg.conversation_column, bcfg.reward_column, bcfg.rejected_column),
+                    shift, bcfg.id_column)
 
 
 def renumber(docs: list, shift: int, id_column: str | None) -> list:

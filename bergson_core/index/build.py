@@ -15,11 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from ..config import CODE_VERSION, BuildConfig
+from ..data.chat import check_chat_template, check_conversations
 from ..data.corpus import Corpus, check_columns, load_corpus, tokenize_rows
+from ..data.rewards import advantages
 from ..errors import ConfigError
 from ..gradients.extract import compute_gradients, tracked_modules
 from ..guards import check_row_size
-from ..model.loading import LoadedModel, load_model
+from ..model.loading import LoadedModel, load_model, parameter_sums
 from ..model.modules import ModuleInfo
 from ..model.replicas import replica_pool
 from .append import CORPUS_KEY, first_segment, prepare_append, renumber, shard_ranges, shard_source
@@ -83,22 +85,30 @@ def check_optimizer_state(cfg: BuildConfig, meta: dict) -> None:
 def model_fingerprint(model: torch.nn.Module) -> str:
     """Config plus a cheap checksum of every parameter: changes when the weights change."""
     h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            h.update(f"{name}:{tuple(p.shape)}:{p.double().sum().item():.10e}".encode())
+    for name, shape, total in parameter_sums(model):
+        h.update(f"{name}:{shape}:{total:.10e}".encode())
     return h.hexdigest()[:16]
 
 
 def check_data_columns(corpus: Corpus, text: str, prompt: str | None, completion: str | None,
-                       id_column: str | None = None) -> None:
-    """Refuse a corpus that lacks the columns the options name."""
-    if (prompt is None) != (completion is None):
-        raise ConfigError("give both --prompt-column and --completion-column, or neither")
-    if prompt is None:
+                       id_column: str | None = None, conversation: str | None = None,
+                       reward: str | None = None, rejected: str | None = None) -> None:
+    """Refuse a corpus that lacks the columns the options name (or whose conversations or rewards are
+    malformed)."""
+    check_columns(corpus, id_column, reward, prompt, rejected)  # the prompt groups rewards even without a completion
+    if rejected is not None and (prompt is None or completion is None or conversation is not None):
+        raise ConfigError("--rejected-column needs --prompt-column and --completion-column (the chosen completion)")
+    if conversation is not None:  # the transcript is the whole document: text/prompt columns unused
+        check_columns(corpus, conversation)
+        check_conversations(corpus.dataset, conversation, corpus.uri)
+    elif completion is None and (prompt is None or reward is not None):  # text documents
         check_columns(corpus, text)
+    elif prompt is None or completion is None:
+        raise ConfigError("give both --prompt-column and --completion-column, or neither")
     else:
-        check_columns(corpus, prompt, completion)
-    check_columns(corpus, id_column)
+        check_columns(corpus, completion)
+    if reward is not None:
+        advantages(corpus, reward, prompt)  # a NaN or text reward is refused here, before any write
 
 
 def checksum_skipped(cfg: BuildConfig, index: Index) -> bool:
@@ -156,8 +166,15 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {cfg.device} asked for but CUDA is not available: use --device cpu")
     corpus = open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
-    check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column)
+    check_data_columns(corpus, cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column,
+                       cfg.conversation_column, cfg.reward_column, cfg.rejected_column)
+    if cfg.loss == "kl" and not (cfg.adapter or cfg.new_lora):
+        raise ConfigError("--loss kl compares the adapter model with its base: give --adapter")
+    if cfg.loss == "kl" and (cfg.rejected_column or cfg.label_smoothing):
+        raise ConfigError("--loss kl takes no --rejected-column or --label-smoothing: drop them")
     loaded = load_model(cfg)
+    if cfg.conversation_column:
+        check_chat_template(loaded.tokenizer, cfg.model)
     modules = tracked_modules(loaded, cfg)
     check_row_size(sum(m.width for m in modules), min(cfg.shard_size, len(corpus)), cfg.grad_dtype,
                    cfg.projection_dim, len(modules))  # before any allocation or index.json
@@ -200,7 +217,8 @@ def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=No
         modules = tracked_modules(loaded, cfg)
         docs = renumber(tokenize_rows(
             corpus, start - shift, stop - shift, loaded.tokenizer, cfg.max_length,
-            cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column,
+            cfg.text_column, cfg.prompt_column, cfg.completion_column, cfg.id_column, cfg.conversation_column,
+            cfg.reward_column, cfg.rejected_column,
         ), shift, cfg.id_column)
         grads, stats = compute_gradients(loaded, modules, docs, cfg, cfg.batch_tokens, on_batch,
                                          normalizers=open_normalizers(cfg, loaded, modules))

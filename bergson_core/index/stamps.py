@@ -51,7 +51,13 @@ def source_stamps(cfg) -> dict | None:
     if not model_stamp or not data_stamp:
         return None
     extra = path_stamp(cfg.optimizer_state, None) if cfg.optimizer_state else []
-    return {"model": model_stamp, "dataset": data_stamp, "optimizer_state": extra}
+    stamps = {"model": model_stamp, "dataset": data_stamp, "optimizer_state": extra}
+    adapter = getattr(cfg, "adapter", None)
+    if adapter:  # an adapter edited in place changes the gradients as much as the model does
+        stamps["adapter"] = path_stamp(adapter, None, MODEL_FILES)
+        if not stamps["adapter"]:
+            return None
+    return stamps
 
 
 def nothing_to_do(cfg) -> dict | None:

@@ -27,18 +27,21 @@ _plain_head_lock = threading.Lock()
 
 
 class _ChunkedHeadCE(torch.autograd.Function):
-    """Token losses [N] = logsumexp(h W^T + b) - (h W^T + b)[target]; backward recomputes logits
-    chunk by chunk and returns the gradient of h only (the head's parameters are frozen)."""
+    """Token losses [N] = logsumexp(z) - (1 - eps) z[target] - eps mean(z), z = h W^T + b (eps: label
+    smoothing, as F.cross_entropy defines it); backward recomputes logits chunk by chunk and returns
+    the gradient of h only (the head's parameters are frozen)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk: int):  # hidden [N, H], targets [N]
+    def forward(ctx, hidden, weight, bias, targets, chunk: int, smoothing: float = 0.0):  # hidden [N, H]
         losses = hidden.new_empty(hidden.shape[0], dtype=_loss_dtype(hidden.dtype))
         for s in range(0, hidden.shape[0], chunk):
             logits = _logits(hidden[s : s + chunk], weight, bias)  # [n, V]
             picked = logits.gather(1, targets[s : s + chunk, None])[:, 0]
-            losses[s : s + chunk] = torch.logsumexp(logits, dim=1) - picked
+            losses[s : s + chunk] = torch.logsumexp(logits, dim=1) - (1 - smoothing) * picked
+            if smoothing:
+                losses[s : s + chunk] -= smoothing * logits.mean(dim=1)
         ctx.save_for_backward(hidden, weight, bias, targets)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.smoothing = chunk, smoothing
         return losses
 
     @staticmethod
@@ -49,10 +52,12 @@ class _ChunkedHeadCE(torch.autograd.Function):
         for s in range(0, hidden.shape[0], ctx.chunk):
             probs = torch.softmax(_logits(hidden[s : s + ctx.chunk], weight, bias), dim=1)  # [n, V]
             n = probs.shape[0]
-            probs[rows[:n], targets[s : s + n]] -= 1.0  # d loss / d logits = softmax - onehot
+            if ctx.smoothing:  # d loss / d logits = softmax - (1 - eps) onehot - eps / V
+                probs -= ctx.smoothing / probs.shape[1]
+            probs[rows[:n], targets[s : s + n]] -= 1.0 - ctx.smoothing
             probs *= grad_losses[s : s + n, None]
             grad_hidden[s : s + n] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)  # [n, H]
-        return grad_hidden, None, None, None, None
+        return grad_hidden, None, None, None, None, None
 
 
 def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -101,7 +106,7 @@ def chunk_rows(vocab: int) -> int:
 
 
 def head_document_losses(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+                         labels: torch.Tensor, reduction: str = "sum", label_smoothing: float = 0.0) -> torch.Tensor:
     """Per-document next-token cross-entropy [B] through the body and a chunked head.
 
     Only positions whose next token carries a label (labels != -100) reach the head, so padding
@@ -111,7 +116,8 @@ def head_document_losses(model: torch.nn.Module, input_ids: torch.Tensor, attent
     target = labels[:, 1:]  # [B, T-1]
     where = (target != -100).nonzero(as_tuple=True)  # (doc, position) of each counted token
     h = hidden[:, :-1][where]  # [N, H]
-    tok = _ChunkedHeadCE.apply(h, head.weight, head.bias, target[where], chunk_rows(head.weight.shape[0]))  # [N]
+    tok = _ChunkedHeadCE.apply(h, head.weight, head.bias, target[where], chunk_rows(head.weight.shape[0]),
+                               label_smoothing)  # [N]
     losses = torch.zeros(labels.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, where[0], tok)  # [B]
     if reduction == "mean":
         losses = losses / (target != -100).sum(dim=1).clamp(min=1)
@@ -119,10 +125,10 @@ def head_document_losses(model: torch.nn.Module, input_ids: torch.Tensor, attent
 
 
 def hooked_losses(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+                  labels: torch.Tensor, reduction: str = "sum", label_smoothing: float = 0.0) -> torch.Tensor:
     """Per-document losses [B] for a hooked pass: through the chunked LM head when the model has a
     plain one (no [B, T, V] logits kept for backward), else from the full (upcast) logits."""
     if has_plain_head(model):
-        return head_document_losses(model, input_ids, attention_mask, labels, reduction)
+        return head_document_losses(model, input_ids, attention_mask, labels, reduction, label_smoothing)
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    return document_losses(upcast(logits), labels, reduction)
+    return document_losses(upcast(logits), labels, reduction, label_smoothing=label_smoothing)

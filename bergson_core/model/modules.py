@@ -1,7 +1,9 @@
 """Which modules are tracked, and where each one's numbers sit in a gradient row.
 
 Every `nn.Linear` and GPT-2 `Conv1D` of the transformer body is tracked; the LM head (output
-embeddings) is excluded by default. A per-document gradient of a module is always laid out as
+embeddings) is excluded by default; on a model with a PEFT adapter only the adapter's LoRA factors
+are tracked by default (model/adapters.py); MoE routers are not tracked and fused experts are split
+into one linear per expert at load (model/experts.py). A per-document gradient of a module is always laid out as
 out x in (O x I, plus a ones column for the bias), even for Conv1D whose weight is stored in x out.
 """
 
@@ -14,6 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .adapters import ADAPTER_GLOBS, has_adapter
+from .experts import ROUTER_GLOBS
 
 
 def _conv1d_type():
@@ -59,6 +63,8 @@ def find_modules(
 ) -> list[ModuleInfo]:
     """Tracked modules in model order, with their column ranges in a gradient row."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not include and has_adapter(model):  # an adapter is what was tuned: its factors, not the base
+        include = ADAPTER_GLOBS
     found, offset = [], 0
     for name, module in model.named_modules():
         shape = shape_of(module)
@@ -67,7 +73,7 @@ def find_modules(
         if include:
             if not any(fnmatch.fnmatchcase(name, g) for g in include):
                 continue
-        elif module is head:
+        elif module is head or any(fnmatch.fnmatchcase(name, g) for g in ROUTER_GLOBS):
             continue
         if any(fnmatch.fnmatchcase(name, g) for g in exclude):
             continue

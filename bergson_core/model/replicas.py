@@ -113,5 +113,8 @@ def replica_pool(cfg) -> ReplicaPool:
     key = (id(base.model), cfg.devices)
     with _pools_lock:
         if key not in _pools:
-            _pools[key] = ReplicaPool(base, parse_devices(cfg.devices, base.device))
+            # a --device-map model is spread over the devices already: one replica, never copied
+            dispatched = getattr(base.model, "hf_device_map", None) is not None and getattr(cfg, "device_map", None)
+            devices = [base.device] if dispatched else parse_devices(cfg.devices, base.device)
+            _pools[key] = ReplicaPool(base, devices)
         return _pools[key]

@@ -1,14 +1,14 @@
 """Tiny models and tokenizers built from configs, for the offline demo, tests and benchmarks.
 
 No hub access is needed: a word-level tokenizer is trained on the given texts and a small GPT-2,
-Llama or GPT-NeoX is initialised from a config with a fixed seed.
+Llama, GPT-NeoX or mixture-of-experts (Mixtral, Qwen2-MoE) model is initialised from a config with a fixed seed.
 """
 
 from __future__ import annotations
 
 import torch
 
-ARCHS = ("gpt2", "llama", "gpt_neox")
+ARCHS = ("gpt2", "llama", "gpt_neox", "mixtral", "qwen2_moe")
 
 
 def train_tokenizer(texts: list[str]):
@@ -29,7 +29,7 @@ def train_tokenizer(texts: list[str]):
 
 def tiny_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 2,
                 bias: bool = True, max_positions: int = 128):
-    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, MixtralConfig, Qwen2MoeConfig
 
     common = dict(vocab_size=vocab_size, bos_token_id=2, eos_token_id=2, pad_token_id=0)
     if arch == "gpt2":
@@ -45,6 +45,13 @@ def tiny_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2, h
                              num_attention_heads=heads, max_position_embeddings=max_positions,
                              attention_bias=bias, use_parallel_residual=True, rotary_pct=0.5,
                              hidden_dropout=0.0, attention_dropout=0.0, **common)
+    moe = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+               max_position_embeddings=max_positions, tie_word_embeddings=False, num_experts_per_tok=2, **common)
+    if arch == "mixtral":
+        return MixtralConfig(intermediate_size=2 * hidden, num_local_experts=4, **moe)
+    if arch == "qwen2_moe":  # routed experts plus a gated shared expert
+        return Qwen2MoeConfig(intermediate_size=2 * hidden, moe_intermediate_size=hidden, num_experts=4,
+                              shared_expert_intermediate_size=2 * hidden, qkv_bias=bias, **moe)
     raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
 
 

@@ -33,7 +33,9 @@ def index_build_config(meta: dict, cfg: ScoreConfig) -> BuildConfig:
 
     check_not_foreign(meta, cfg.index)  # rows projected by Bergson: no query gradient made here matches them
     spec = {k: v for k, v in meta["spec"].items() if k in BuildConfig.model_fields}
-    spec.update(index=cfg.index, device=cfg.device, storage_options=cfg.storage_options)
+    spec.update(index=cfg.index, device=cfg.device, storage_options=cfg.storage_options,
+                gradient_checkpointing=cfg.gradient_checkpointing, device_map=cfg.device_map,
+                offload_folder=cfg.offload_folder)
     if cfg.model:
         spec["model"] = cfg.model
     if cfg.dtype != "auto":
@@ -63,7 +65,7 @@ def query_gradients(meta: dict, cfg: ScoreConfig, queries=None, columns=None) ->
     if queries is None:
         queries = open_corpus(cfg.queries, cfg.query_split, cfg.storage_options)
     text_col, prompt_col, comp_col = columns or cfg.query_columns(bcfg)
-    check_data_columns(queries, text_col, prompt_col, comp_col)
+    check_data_columns(queries, text_col, prompt_col, comp_col, conversation=bcfg.conversation_column)
     check_optimizer_state(bcfg, meta)
     loaded = load_model(bcfg)
     modules = tracked_modules(loaded, bcfg)
@@ -73,7 +75,8 @@ def query_gradients(meta: dict, cfg: ScoreConfig, queries=None, columns=None) ->
         )
     warning = check_query_model(meta, query_model_fingerprint(meta, cfg), cfg.allow_model_mismatch, cfg.index)
     docs = tokenize_rows(
-        queries, 0, len(queries), loaded.tokenizer, bcfg.max_length, text_col, prompt_col, comp_col, None
+        queries, 0, len(queries), loaded.tokenizer, bcfg.max_length, text_col, prompt_col, comp_col, None,
+        bcfg.conversation_column,  # an index of conversations is queried with conversations
     )
     refuse_empty_queries(docs, queries.uri)
     normalizers = open_normalizers(bcfg, loaded, modules)

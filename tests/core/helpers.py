@@ -81,14 +81,15 @@ def modules_for(loaded: LoadedModel, opts: GradientOptions) -> list[ModuleInfo]:
 
 
 def reference_gradients(
-    loaded: LoadedModel, modules: list[ModuleInfo], docs: list[Doc], loss_reduction: str = "sum"
+    loaded: LoadedModel, modules: list[ModuleInfo], docs: list[Doc], loss_reduction: str = "sum",
+    token_loss=None,
 ) -> np.ndarray:
     """One document at a time, unpadded, with autograd on the parameters themselves.
 
     The loss is computed here in float64 with F.cross_entropy (not the HF `labels=` loss, which
     upcasts to float32), and the row is assembled from `param.grad`-equivalents: the weight
     gradient as out x in (Conv1D weights are stored in x out, so transposed), then the bias as an
-    extra last column when the module tracks it.
+    extra last column when the module tracks it. The document's loss is scaled by its weight.
     """
     model = loaded.model
     width = sum(m.width for m in modules)
@@ -109,7 +110,11 @@ def reference_gradients(
             ids = torch.tensor([doc.input_ids])
             logits = model(input_ids=ids).logits[0, :-1]
             assert logits.dtype == torch.float64
-            loss = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+            if token_loss is None:
+                loss = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+            else:  # another per-token loss [T] of (logits [T, V], labels [T]), summed over counted tokens
+                loss = token_loss(logits, labels)[labels != -100].sum()
+            loss = loss * doc.weight
             if loss_reduction == "mean":
                 loss = loss / (labels != -100).sum()
             grads = iter(torch.autograd.grad(loss, params))
