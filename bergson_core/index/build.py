@@ -21,6 +21,7 @@ from ..data.rewards import advantages
 from ..errors import ConfigError
 from ..gradients.extract import compute_gradients, tracked_modules
 from ..guards import check_row_size
+from ..heap import release_free_memory
 from ..model.loading import LoadedModel, load_model, parameter_sums
 from ..model.modules import ModuleInfo
 from ..model.replicas import replica_pool
@@ -212,6 +213,16 @@ def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=No
         if redo is None:
             return {**index.manifest(shard), "skipped": True, "seconds": 0.0}
     t0 = time.perf_counter()
+    try:
+        manifest = _compute_and_write(cfg, index, spec_hash, shard, start, stop, on_batch, corpus, shift)
+    finally:  # this thread's arena would otherwise keep the shard's freed batches (see heap.py)
+        release_free_memory()
+    out = {**manifest, "skipped": False, "seconds": time.perf_counter() - t0}
+    return {**out, "recomputed": redo} if redo else out
+
+
+def _compute_and_write(cfg: BuildConfig, index: Index, spec_hash: str, shard: int, start: int, stop: int,
+                       on_batch, corpus, shift: int) -> dict:
     corpus = corpus or open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
     with replica_pool(cfg).take() as loaded:  # a free model replica (one per --devices entry)
         modules = tracked_modules(loaded, cfg)
@@ -222,9 +233,7 @@ def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=No
         ), shift, cfg.id_column)
         grads, stats = compute_gradients(loaded, modules, docs, cfg, cfg.batch_tokens, on_batch,
                                          normalizers=open_normalizers(cfg, loaded, modules))
-    manifest = index.write_shard(
+    return index.write_shard(
         shard, start, [d.doc_id for d in docs], [len(d.input_ids) for d in docs], grads, cfg.grad_dtype,
         extra={"tokens": stats.tokens, "empty_documents": stats.empty}, spec_hash=spec_hash,
     )
-    out = {**manifest, "skipped": False, "seconds": time.perf_counter() - t0}
-    return {**out, "recomputed": redo} if redo else out
