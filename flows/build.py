@@ -62,13 +62,10 @@ def _extract(config: BuildConfig, task, shards) -> list:
 
 
 def _missing(config: BuildConfig, shards) -> list:
-    return [s for s in shards if not _exists(config, s[0])]
-
-
-def _exists(config: BuildConfig, shard: int) -> bool:
     from bergson_core.index.store import Index
 
-    return Index(config.index, config.storage_options).has_shard(shard)
+    _, listed = Index(config.index, config.storage_options).listing()  # one listing, not a request per shard
+    return [s for s in shards if s[0] not in listed]
 
 
 def _summary(config: BuildConfig, plan: dict, results: list[dict], seconds: float) -> dict:
