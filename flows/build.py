@@ -32,11 +32,24 @@ def build_index(config: BuildConfig) -> dict:
 def _build(config: BuildConfig) -> dict:
     t0 = time.perf_counter()
     plan = plan_index(config)
+    key = artifacts.artifact_key("build", plan["meta"]["spec_hash"])
+    tracker = artifacts.Progress(key + "-progress", len(plan["missing"]), f"Shards of {config.index}")
+    if config.fan_out == "workers":  # blocks of shards as child runs on the pool's workers
+        results = {r["shard"]: r for r in _fanned_out(config, plan)}
+    else:
+        results = _in_this_run(config, plan, tracker)
+    for shard, why in plan.get("bad", {}).items():  # found by the plan; a head start may have redone some
+        results.setdefault(int(shard), {"shard": int(shard)}).setdefault("recomputed", why)
+    summary = _summary(config, plan, list(results.values()), time.perf_counter() - t0)
+    artifacts.markdown(key + "-summary", summary["markdown"], f"Build of {config.index}")
+    artifacts.link(key + "-index", config.index, "The gradient index (index.json + Arrow shards)")
+    return {k: v for k, v in summary.items() if k != "markdown"}
+
+
+def _in_this_run(config: BuildConfig, plan: dict, tracker) -> dict[int, dict]:
     bad = {int(k) for k in plan.get("bad", {})}
     todo = [s for s in plan["missing"] if s[0] not in bad]
     redo = [s for s in plan["missing"] if s[0] in bad]  # a cached task result would skip these
-    key = artifacts.artifact_key("build", plan["meta"]["spec_hash"])
-    tracker = artifacts.Progress(key + "-progress", len(plan["missing"]), f"Shards of {config.index}")
     progress.start(sum(stop - start for _, start, stop in plan["missing"]), "extracting", config.progress)
     try:
         stored = dict(submit=partial(_extract, config), missing=partial(_missing, config), tracker=tracker,
@@ -45,15 +58,25 @@ def _build(config: BuildConfig) -> dict:
         # shards the plan found corrupt: a cached task result would skip them, so bypass the cache
         done = map_until_stored(extract_shard.with_options(refresh_cache=True), redo, [], **stored) if redo else []
         done += map_until_stored(extract_shard, todo, plan["shards"], **stored)
-        results = {r["shard"]: r for r in done}  # a redone shard's result replaces its stale cached one
+        return {r["shard"]: r for r in done}  # a redone shard's result replaces its stale cached one
     finally:
         progress.close()
-    for shard, why in plan.get("bad", {}).items():  # found by the plan; a head start may have redone some
-        results.setdefault(int(shard), {"shard": int(shard)}).setdefault("recomputed", why)
-    summary = _summary(config, plan, list(results.values()), time.perf_counter() - t0)
-    artifacts.markdown(key + "-summary", summary["markdown"], f"Build of {config.index}")
-    artifacts.link(key + "-index", config.index, "The gradient index (index.json + Arrow shards)")
-    return {k: v for k, v in summary.items() if k != "markdown"}
+
+
+def _fanned_out(config: BuildConfig, plan: dict) -> list[dict]:
+    """The missing shards computed by child runs (flows/fanout.py); their manifests from the block summaries."""
+    from bergson_core.errors import StoreError
+    from bergson_core.index.store import Index
+
+    from .fanout import fan_out
+
+    blocks = fan_out(config, plan)
+    index = Index(config.index, config.storage_options)
+    if _missing(config, plan["missing"]):
+        raise StoreError(f"index {config.index} is still incomplete after the build: rerun `bergson build`")
+    known = index.block_summaries()
+    busy = blocks["block_seconds"] / max(1, len(plan["missing"]))  # child run time, spread over their shards
+    return [{**known.get(i, {"shard": i}), "seconds": busy} for i, _, _ in plan["missing"]]
 
 
 def _extract(config: BuildConfig, task, shards) -> list:

@@ -176,6 +176,15 @@ class BuildConfig(RunOptions, GradientOptions, DataOptions, ModelOptions):
         None, description="Checksum the shards a rerun skips (a corrupt one is recomputed); sizes are always "
         "checked. Default: on for local indexes, off for remote ones (a checksum downloads every shard).",
     )
+    fan_out: Literal["tasks", "workers"] = Field(
+        "tasks", description="tasks: every shard is a task of this one run (threads, Dask or Ray); workers: the "
+        "missing shards are split into --blocks child runs of the build-shards deployment, which the work pool's "
+        "workers take in parallel (needs a Prefect server and `bergson deploy`).",
+    )
+    blocks: int = Field(8, gt=0, description="With --fan-out workers: child runs the missing shards are split into.")
+    block_retries: int = Field(
+        2, ge=0, description="With --fan-out workers: how often a failed or crashed block is started again.",
+    )
 
     def spec(self) -> dict[str, Any]:
         """Everything that changes stored bytes; its hash names and guards the index."""
