@@ -70,7 +70,6 @@ def fan_out(config: BuildConfig, plan: dict) -> dict:
         for block in split([i for i in todo if i not in adopted], config.blocks):
             children[_start(config, block, bad, tag)] = {"shards": block, "attempt": 0}
         counts = _track(client, config, children, tag, bad)
-    print(f"{len(children)} block runs ({counts['adopted']} adopted from an earlier run, {counts['retried']} retried)")
     return counts
 
 
