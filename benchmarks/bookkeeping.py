@@ -10,6 +10,9 @@ data object each, as a build writes them). Three ways to answer "which shards ar
   summaries   the same LIST plus one GET per block summary (written by each fan-out child,
               blocks/shard-A-shard-B.json): no per-shard request at all
 
+`--writes` also counts the requests one shard costs when it is written (a tiny model's shards built
+straight into the moto server with `build_shard`), and when `build_shard` is handed a finished one.
+
 Requests are counted at the client (botocore's before-send event); wall time is noisy on a shared
 machine, request counts are exact. Run:
 
@@ -129,13 +132,58 @@ def _summaries(index, opts):
     return other.block_summaries()
 
 
+def write_requests() -> dict:
+    """Requests per shard written, and per finished shard handed to build_shard, on a moto server."""
+    import logging
+    import tempfile
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from bergson_core.config import BuildConfig
+    from bergson_core.index.build import build_shard, prepare_build
+    from bergson_core.index.store import Index
+    from bergson_core.model.tiny import save_tiny
+    from tests.service.conftest import free_port, texts
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    try:
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="bench")
+        docs = texts(60)
+        s3.put_object(Bucket="bench", Key="c.jsonl", Body="".join(json.dumps({"text": t}) + "\n" for t in docs).encode())
+        model = save_tiny(tempfile.mkdtemp(), "gpt2", docs, hidden=32, layers=2)
+        cfg = BuildConfig(index="s3://bench/idx", model=model, dataset="s3://bench/c.jsonl", shard_size=10, progress=False)
+        plan = prepare_build(cfg)
+        count = _counting(Index(cfg.index))
+        build_shard(cfg, *plan.shards[0])  # the corpus read and the caches, once per process
+        count[0] = 0
+        for shard in plan.shards[1:]:
+            build_shard(cfg, *shard)
+        written = count[0] / (len(plan.shards) - 1)
+        count[0] = 0
+        for shard in plan.shards:
+            build_shard(cfg, *shard)
+        return {"written": written, "handed a finished one": count[0] / len(plan.shards)}
+    finally:
+        server.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     ap.add_argument("--block", type=int, default=100, help="shards per block summary (a fan-out block)")
     ap.add_argument("--per-shard-max", type=int, default=10000, help="largest N measured the per-shard way")
     ap.add_argument("--listing-max", type=int, default=100000, help="largest N measured the listing way")
+    ap.add_argument("--writes", action="store_true", help="also count the requests of writing a shard")
     args = ap.parse_args()
+    if args.writes:
+        print("requests per shard:", write_requests(), flush=True)
     print(f"{'shards':>8} {'way':>10} {'seconds':>9} {'requests':>9} {'req/shard':>9} {'x faster':>9}")
     for n in args.sizes:
         ways = ("listing", "summaries") if n <= args.listing_max else ("summaries",)
