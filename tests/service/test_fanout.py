@@ -87,3 +87,15 @@ def test_fan_out_spreads_blocks_over_workers_and_matches_one_process(deployed, p
     again = run_cli(client_env, *args)
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
     assert len(_children(prefect_client, cfg)) == 6
+
+
+def test_fan_out_without_a_server_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "home")
+    r = run_cli(env, "build", tmp_path / "idx", "--model", tmp_path / "m", "--dataset", tmp_path / "c.jsonl",
+                "--fan-out", "workers")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "bergson build: error: --fan-out workers needs a Prefect server with the bergson deployments: start one, "
+        "export PREFECT_API_URL and run `bergson deploy`"]
+    assert not (tmp_path / "idx").exists()  # nothing written
