@@ -52,7 +52,7 @@ SERVER = textwrap.dedent('''
              "bytes": len(data), "sha256": "0" * 64, "schema": "0" * 16, "spec_hash": spec, "tokens": 500000,
              "empty_documents": 0}
         s3.put_object(bucket, f"idx/grads/shard-{i:05d}.arrow", data)
-        s3.put_object(bucket, f"idx/grads/shard-{i:05d}.json", json.dumps(m, indent=2, sort_keys=True).encode())
+        s3.put_object(bucket, f"idx/grads/shard-{i:05d}.json", (json.dumps(m, indent=2, sort_keys=True) + "\\n").encode())
         blocks.setdefault(i // block, {})[str(i)] = m
     for b, ms in blocks.items():
         lo, hi = min(map(int, ms)), max(map(int, ms))

@@ -219,8 +219,8 @@ class Index:
         fsu.write_json(self.fs, self.manifest_path(i), manifest)  # last: makes the shard exist
         return manifest
 
-    def listing(self) -> tuple[dict[int, int], set[int]]:
-        """One listing of grads/: (data file sizes by shard number, shard numbers with a manifest).
+    def listing(self) -> tuple[dict[int, int], dict[int, int]]:
+        """One listing of grads/: (data file sizes, manifest sizes), by shard number.
         On S3 that is one paginated LIST (1,000 keys a request), not one request per shard."""
         folder = self._p(GRADS_DIR)
         if not self.local:
@@ -228,8 +228,8 @@ class Index:
         try:
             infos = self.fs.ls(folder, detail=True)
         except FileNotFoundError:
-            return {}, set()
-        sizes, manifests = {}, set()
+            return {}, {}
+        sizes, manifests = {}, {}
         for info in infos:
             name = info["name"]
             if (n := shard_number(name)) is None:
@@ -237,7 +237,7 @@ class Index:
             if name.endswith(".arrow"):
                 sizes[n] = info.get("size")
             else:
-                manifests.add(n)
+                manifests[n] = info.get("size")
         return sizes, manifests
 
     def shard_file_sizes(self) -> dict[int, int]:
@@ -288,8 +288,8 @@ class Index:
     def check_shards(self, shards, checksum: bool) -> dict[int, str]:
         """Why each of `shards` cannot be skipped by a build (MISSING: no manifest); the shards not
         in the result are complete. Existence and sizes come from one listing of grads/, manifests
-        from the block summaries, and only the manifests of shards no summary vouches for (its
-        size and spec must match) are read, all at once. With `checksum` every shard is checksummed."""
+        from the block summaries, and only the manifests of shards no summary vouches for (the
+        sizes of data file and manifest, and the spec, must match) are read, all at once. With `checksum` every shard is checksummed."""
         sizes, listed = self.listing()
         known = self.block_summaries() if not checksum else {}
         spec = self.spec_hash()
@@ -300,7 +300,8 @@ class Index:
                 out[i] = MISSING
             elif i not in sizes:
                 out[i] = "data file missing"
-            elif (m := known.get(i)) is None or m.get("bytes") != sizes[i] or m.get("spec_hash") not in (None, spec):
+            elif (m := known.get(i)) is None or m.get("bytes") != sizes[i] or m.get("spec_hash") not in (None, spec) \
+                    or listed[i] != len(fsu.json_bytes(m)):  # a manifest rewritten since: read it
                 unread.append(i)
         raws = self._read_many([self.manifest_path(i) for i in unread])
         for i in unread:
