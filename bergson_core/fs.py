@@ -50,8 +50,13 @@ def write_bytes(fs, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """The bytes write_json writes for obj (deterministic: sorted keys, no timestamps)."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
 def write_json(fs, path: str, obj: Any) -> None:
-    write_bytes(fs, path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    write_bytes(fs, path, json_bytes(obj))
 
 
 def read_json(fs, path: str) -> Any:

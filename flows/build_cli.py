@@ -39,6 +39,10 @@ def _launch_build(cfg: BuildConfig, held) -> dict:
         from bergson_core.index.build import prepare_build
         from bergson_core.lease import hold
 
+        if cfg.fan_out == "workers":
+            from .fanout import check_server
+
+            check_server()  # before the lease, the model load and any head start
         held.enter_context(hold(cfg.index, cfg.storage_options))  # before anything is written
         if not _embedded_api():
             prepare_build(cfg, write=False)  # a server is up already: the flow does all the work

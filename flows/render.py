@@ -15,6 +15,9 @@ def build_summary(result: dict) -> None:
         v = result.get(key)
         t.add_row(key.replace("_", " "), f"{v:,.1f}" if isinstance(v, float) else f"{v:,}")
     console.print(t)
+    if result.get("block_runs"):  # --fan-out workers
+        console.print(f"{result['block_runs']} block runs ({result['blocks_adopted']} adopted from an earlier run, "
+                      f"{result['blocks_retried']} retried)")
     for shard, why in (result.get("shards_recomputed") or {}).items():
         console.print(f"[yellow]warning:[/] shard {shard} failed verification ({why}) and was recomputed")
     if result.get("empty_documents"):

@@ -33,3 +33,10 @@ def _extract_key(context, parameters) -> str:
 def extract_shard(config: BuildConfig, shard: int, start: int, stop: int) -> dict:
     """Per-document gradients of rows [start, stop) written as one Arrow shard + manifest."""
     return build_shard(config, shard, start, stop, on_batch=progress.advance)
+
+
+@step_task("plan-block", cache_policy=NO_CACHE)
+def plan_block(config: BuildConfig, shards: list[int]) -> list[tuple[int, int, int]]:
+    """Validate inputs against the index.json the parent wrote; (shard, start, stop) of `shards`."""
+    want = set(shards)
+    return [s for s in prepare_build(config, write=False).shards if s[0] in want]

@@ -245,6 +245,15 @@ class BuildConfig(PlanOptions, RunOptions, ObjectiveOptions, GradientOptions, Da
         False, description="Add --dataset's new documents to the existing index as new shards (a new file, or the "
         "indexed file grown at its end); existing shards and fitted statistics' partial sums are kept.",
     )
+    fan_out: Literal["tasks", "workers"] = Field(
+        "tasks", description="tasks: every shard is a task of this one run (threads, Dask or Ray); workers: the "
+        "missing shards are split into --blocks child runs of the build-shards deployment, which the work pool's "
+        "workers take in parallel (needs a Prefect server and `bergson deploy`).",
+    )
+    blocks: int = Field(8, gt=0, description="With --fan-out workers: child runs the missing shards are split into.")
+    block_retries: int = Field(
+        2, ge=0, description="With --fan-out workers: how often a failed or crashed block is started again.",
+    )
 
     def spec(self) -> dict[str, Any]:
         """Everything that changes stored bytes; its hash names and guards the index."""

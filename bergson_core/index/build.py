@@ -128,15 +128,11 @@ class BuildPlan:
 
     def missing(self) -> list[tuple[int, int, int]]:
         """Shards without a manifest, or whose manifest fails verification (they are redone)."""
-        self.bad = {}
-        out = []
-        for s in self.shards:
-            if not self.index.has_shard(s[0]):
-                out.append(s)
-            elif (why := self.index.verify_shard(s[0], self.checksum)) is not None:
-                self.bad[s[0]] = why
-                out.append(s)
-        return out
+        from .store import MISSING
+
+        why = self.index.check_shards([s[0] for s in self.shards], self.checksum)  # one listing, not a request per shard
+        self.bad = {i: w for i, w in why.items() if w != MISSING}
+        return [s for s in self.shards if s[0] in why]
 
 
 def plan_shards(rows: int, shard_size: int) -> list[tuple[int, int, int]]:

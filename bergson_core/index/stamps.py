@@ -76,18 +76,11 @@ def nothing_to_do(cfg) -> dict | None:
     stamps = meta.get("source_stamps")
     if not stamps or meta.get("spec_hash") != cfg.spec_hash() or stamps != source_stamps(cfg):
         return None
-    sizes = index.shard_file_sizes()
     checksum = cfg.verify if cfg.verify is not None else index.local  # as a build verifies what it skips
-    total = 0
-    for shard in range(meta["num_shards"]):
-        if not index.has_shard(shard):
-            return None
-        manifest = index.manifest(shard)
-        if sizes.get(shard) != manifest.get("bytes"):
-            return None  # missing or truncated data file: the normal path recomputes it
-        if index.verify_shard(shard, checksum) is not None:
-            return None  # corrupt or of another spec: the normal path says so and recomputes it
-        total += manifest.get("bytes", 0)
+    if index.check_shards(range(meta["num_shards"]), checksum):
+        return None  # missing, corrupt or of another spec: the normal path says so and recomputes it
+    sizes = index.shard_file_sizes()
+    total = sum(sizes[i] for i in range(meta["num_shards"]))
     return {"index": cfg.index, "spec_hash": meta["spec_hash"], "documents": meta["dataset"]["rows"],
             "shards": meta["num_shards"], "shards_computed": 0, "shards_skipped": meta["num_shards"],
             "tokens": 0, "bytes": 0, "stored_bytes": total, "empty_documents": 0, "tokens_per_second": 0.0,

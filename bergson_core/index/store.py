@@ -11,8 +11,10 @@ Files hold no timestamps, so a rebuilt index is byte-identical to the first one.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
+import json
 import os
 import re
 import threading
@@ -28,6 +30,8 @@ from ..errors import StoreError
 FORMAT = "bergson-index/1"
 INDEX_FILE = "index.json"
 GRADS_DIR = "grads"
+BLOCKS_DIR = "blocks"  # per-block summaries: the manifests of a block of shards in one object
+MISSING = "missing"  # check_shards: no manifest
 LEASE_FILE = "lease.json"  # who is building this index (bergson_core/lease.py); survives --overwrite
 ARROW_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 
@@ -215,20 +219,94 @@ class Index:
         fsu.write_json(self.fs, self.manifest_path(i), manifest)  # last: makes the shard exist
         return manifest
 
-    def shard_file_sizes(self) -> dict[int, int]:
-        """Size in bytes of every shard data file present, by shard number (one listing)."""
+    def listing(self) -> tuple[dict[int, int], dict[int, int]]:
+        """One listing of grads/: (data file sizes, manifest sizes), by shard number.
+        On S3 that is one paginated LIST (1,000 keys a request), not one request per shard."""
         folder = self._p(GRADS_DIR)
         if not self.local:
             self.fs.invalidate_cache(folder)
         try:
             infos = self.fs.ls(folder, detail=True)
         except FileNotFoundError:
-            return {}
-        out = {}
+            return {}, {}
+        sizes, manifests = {}, {}
         for info in infos:
             name = info["name"]
-            if name.endswith(".arrow") and (n := shard_number(name)) is not None:
-                out[n] = info.get("size")
+            if (n := shard_number(name)) is None:
+                continue
+            if name.endswith(".arrow"):
+                sizes[n] = info.get("size")
+            else:
+                manifests[n] = info.get("size")
+        return sizes, manifests
+
+    def shard_file_sizes(self) -> dict[int, int]:
+        """Size in bytes of every shard data file present, by shard number (one listing)."""
+        return self.listing()[0]
+
+    def write_block_summary(self, manifests: list[dict]) -> None:
+        """The manifests of one block of shards in one object (blocks/shard-A-shard-B.json), so that
+        a later completion check reads one object per block instead of one per shard."""
+        if not manifests:
+            return
+        shards = sorted(m["shard"] for m in manifests)
+        name = f"{shard_name(shards[0])}-{shard_name(shards[-1])}.json"
+        fsu.write_json(self.fs, self._p(BLOCKS_DIR, name), {str(m["shard"]): m for m in manifests})
+
+    def block_summaries(self) -> dict[int, dict]:
+        """Every manifest recorded in a block summary, by shard (one listing plus one read per block)."""
+        folder = self._p(BLOCKS_DIR)
+        if not self.local:
+            self.fs.invalidate_cache(folder)
+        try:
+            paths = sorted(p for p in self.fs.ls(folder, detail=False) if p.endswith(".json"))
+        except FileNotFoundError:
+            return {}
+        out: dict[int, dict] = {}
+        for path, raw in self._read_many(paths).items():
+            if isinstance(raw, bytes):
+                with contextlib.suppress(ValueError, UnicodeDecodeError, AttributeError):
+                    out.update({int(k): m for k, m in json.loads(raw).items()})
+        return out
+
+    def _read_many(self, paths: list[str]) -> dict[str, bytes | Exception]:
+        """Whole objects at once (s3fs reads them concurrently); a failed read comes back as its error."""
+        if not paths:
+            return {}
+        if self.local:
+            out: dict[str, bytes | Exception] = {}
+            for p in paths:
+                try:
+                    with open(p, "rb") as f:
+                        out[p] = f.read()
+                except OSError as e:
+                    out[p] = e
+            return out
+        got = self.fs.cat(paths, on_error="return")
+        return {p: got.get(p, FileNotFoundError(p)) for p in paths}
+
+    def check_shards(self, shards, checksum: bool) -> dict[int, str]:
+        """Why each of `shards` cannot be skipped by a build (MISSING: no manifest); the shards not
+        in the result are complete. Existence and sizes come from one listing of grads/, manifests
+        from the block summaries, and only the manifests of shards no summary vouches for (the
+        sizes of data file and manifest, and the spec, must match) are read, all at once. With `checksum` every shard is checksummed."""
+        sizes, listed = self.listing()
+        known = self.block_summaries() if not checksum else {}
+        spec = self.spec_hash()
+        out: dict[int, str] = {}
+        unread = []
+        for i in shards:
+            if i not in listed:
+                out[i] = MISSING
+            elif i not in sizes:
+                out[i] = "data file missing"
+            elif (m := known.get(i)) is None or m.get("bytes") != sizes[i] or m.get("spec_hash") not in (None, spec) \
+                    or listed[i] != len(fsu.json_bytes(m)):  # a manifest rewritten since: read it
+                unread.append(i)
+        raws = self._read_many([self.manifest_path(i) for i in unread])
+        for i in unread:
+            if (why := self.verify_shard(i, checksum, manifest=raws[self.manifest_path(i)], size=sizes[i])) is not None:
+                out[i] = why
         return out
 
     def check_publish(self, i: int, spec_hash: str) -> None:
@@ -250,20 +328,27 @@ class Index:
             raise StoreError(f"shard {manifest.get('shard')} of {self.url} was computed under spec {got}, "
                              f"index.json has {want} (two builds wrote here?): rerun the build to redo it")
 
-    def verify_shard(self, i: int, checksum: bool) -> str | None:
+    def verify_shard(self, i: int, checksum: bool, manifest: bytes | Exception | None = None,
+                     size: int | None = None) -> str | None:
         """Why shard i cannot be trusted (None when it can): unreadable manifest, another spec,
-        missing data file, wrong size, and with `checksum` a wrong sha256."""
+        missing data file, wrong size, and with `checksum` a wrong sha256. `manifest` (its raw
+        bytes, or the error reading them) and `size` (of its data file) may come from a listing."""
         try:
-            manifest = self.manifest(i)
+            if isinstance(manifest, Exception):
+                raise manifest
+            manifest = self.manifest(i) if manifest is None else json.loads(manifest)
             self.check_spec(manifest)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
             return "unreadable manifest"
+        except FileNotFoundError:
+            return MISSING
         except StoreError:
             return "computed under another spec"
         path = self.shard_path(i)
-        if not fsu.exists(self.fs, path):
-            return "data file missing"
-        size = os.path.getsize(path) if self.local else self.fs.info(path).get("size")
+        if size is None:
+            if not fsu.exists(self.fs, path):
+                return "data file missing"
+            size = os.path.getsize(path) if self.local else self.fs.info(path).get("size")
         if size != manifest.get("bytes"):
             return f"size {size} != {manifest.get('bytes')} in its manifest"
         if checksum:

@@ -3,7 +3,8 @@
 Each starts from the default template Prefect ships for that worker type (the copy bundled with the
 installed `prefect`, so no network is needed) and adds what a bergson worker needs:
 
-- every pool: env defaults (JSON result serializer, the task runner, a gradient cache folder);
+- every pool: env defaults (JSON result serializer, the task runner, flow-run heartbeats every 30 s,
+  a gradient cache folder);
 - docker: the bergson GPU image, GPU device requests (`docker run --gpus all`) through the
   `container_create_kwargs` variable (needs prefect-docker >= 0.7 in the worker), the compose network;
 - kubernetes: the bergson GPU image, an `nvidia.com/gpu` limit (variable `gpu_limit`, default 1), a
@@ -26,6 +27,7 @@ GPU_IMAGE = "bergson-worker:gpu"
 COMMON_ENV = {
     "PREFECT_RESULTS_DEFAULT_SERIALIZER": "json",  # task results are small JSON refs, never pickles
     "BERGSON_TASK_RUNNER": "threads",  # threads | dask | ray, see flows/runners.py
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # what `bergson deploy`'s zombie-run automation watches
 }
 
 

@@ -7,7 +7,10 @@ In order, against PREFECT_API_URL:
    a worker's home folder and a retry on another machine reuses them;
 3. the `gpu` tag concurrency limit (--gpu-limit), which gates every task tagged `gpu`;
 4. the deployments of deployments/prefect.yaml, through `prefect deploy --all`;
-5. with --enable-nightly, the nightly corpus-wide schedule of build-index is switched on.
+5. with --enable-nightly, the nightly corpus-wide schedule of build-index is switched on;
+6. the zombie-run automation: a flow run that sent no heartbeat for --crash-after seconds (its worker
+   died with it) is marked Crashed, so its parent retries it and its `gpu` slots are freed; flow runs
+   beat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (set in the pools' env, work-pools/*.json).
 
 Every step is idempotent: running it again updates what is there.
 """
@@ -24,6 +27,7 @@ from bergson_core.errors import ConfigError, UserError
 
 POOL_TYPES = ("process", "docker", "kubernetes")
 RESULTS_BLOCK = "bergson-results"
+ZOMBIE_AUTOMATION = "bergson-crash-zombie-runs"
 NIGHTLY_SLUG = "nightly-corpus-build"
 NIGHTLY_DEFAULTS = {
     "BERGSON_NIGHTLY_INDEX": "s3://bergson/indexes/nightly",
@@ -62,6 +66,9 @@ def add_arguments(parser) -> None:
         flag = "--" + var.removeprefix("BERGSON_").lower().replace("_", "-")
         parser.add_argument(flag, dest=var.lower(), default=os.environ.get(var, default),
                             help=f"Parameter of the nightly build (default: ${var} or {default}).")
+    parser.add_argument("--crash-after", type=int, metavar="SECONDS", default=int(os.environ.get("BERGSON_CRASH_AFTER", 120)),
+                        help="Mark a flow run Crashed after this long without a heartbeat (a dead worker); "
+                             "0 removes the automation (default: $BERGSON_CRASH_AFTER or 120).")
     parser.add_argument("--prefect-file", default=None,
                         help="prefect.yaml to deploy (default: deployments/prefect.yaml).")
     parser.add_argument("--skip-deployments", action="store_true",
@@ -92,6 +99,7 @@ def run(args) -> int:
             names = register_deployments(prefect_file, args.pool, env)
             done += [("deployment", name) for name in deployed(client, names)]
             done.append(("nightly schedule", set_nightly(client, args.enable_nightly)))
+        done.append(("zombie runs", ensure_zombie_automation(client, args.crash_after)))
     _print(done, args.pool)
     return 0
 
@@ -181,6 +189,46 @@ def set_nightly(client, enable: bool) -> str:
             return f"build-index '{sched.schedule.cron}' {sched.schedule.timezone}: " + (
                 "ACTIVE" if active else "disabled (bergson deploy --enable-nightly turns it on)")
     return "none registered"
+
+
+def zombie_automation(seconds: int):
+    """Prefect's recipe for runs whose process vanished: once a flow run has sent a heartbeat, expect
+    another event from it (a heartbeat or a state change) within `seconds`, else mark it Crashed."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    return AutomationCore(
+        name=ZOMBIE_AUTOMATION,
+        description="bergson: mark flow runs Crashed when their heartbeats stop (the worker died).",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"}, after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.*"}, for_each={"prefect.resource.id"}, posture=Posture.Proactive,
+            threshold=1, within=timedelta(seconds=seconds)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, force=True,
+                                    message=f"no heartbeat for {seconds} s: its worker died (bergson deploy --crash-after)")],
+    )
+
+
+def ensure_zombie_automation(client, seconds: int) -> str:
+    """Create or update the zombie-run automation (one of that name); --crash-after 0 removes it."""
+    if seconds < 0:
+        raise ConfigError("--crash-after must be 0 or more seconds")
+    existing = client.read_automations_by_name(ZOMBIE_AUTOMATION)
+    if seconds == 0:
+        for a in existing:
+            client.delete_automation(a.id)
+        return "no automation (--crash-after 0)"
+    automation = zombie_automation(seconds)
+    if existing:
+        client.update_automation(existing[0].id, automation)
+        for extra in existing[1:]:
+            client.delete_automation(extra.id)
+    else:
+        client.create_automation(automation)
+    return f"marked Crashed after {seconds} s without a heartbeat (automation {ZOMBIE_AUTOMATION})"
 
 
 def _print(done: list[tuple[str, str]], pool: str) -> None:

@@ -182,14 +182,14 @@ def assets(service_root, s3):
 class Worker:
     """A `prefect worker start` subprocess in its own process group (so its flow runs die with it)."""
 
-    def __init__(self, root: Path, env: dict, pool: str, name: str):
+    def __init__(self, root: Path, env: dict, pool: str, name: str, *extra: str):
         self.log = root / f"{name}.log"
         env = dict(env, PREFECT_HOME=str(root / f"{name}-home"), PREFECT_WORKER_QUERY_SECONDS="1",
                    PREFECT_WORKER_PREFETCH_SECONDS="1", PREFECT_LOGGING_LEVEL="INFO",
                    BERGSON_CACHE=str(root / f"{name}-cache"))
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", name, "--type", "process"],
+                [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", name, "--type", "process", *extra],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(root))
 
     def tree(self) -> list:
@@ -234,8 +234,8 @@ def workers(service_root, client_env):
     """Start workers for one test; all of them are stopped when the test ends, passed or failed."""
     started: list[Worker] = []
 
-    def start(pool: str, name: str) -> Worker:
-        w = Worker(service_root, client_env, pool, name)
+    def start(pool: str, name: str, *extra: str) -> Worker:  # extra: more `prefect worker start` flags
+        w = Worker(service_root, client_env, pool, name, *extra)
         started.append(w)
         return w
 

@@ -75,3 +75,35 @@ def test_dask_cluster_shards_identical_to_thread_pool(prefect_server, assets, tm
     assert sorted(a) == sorted(b) and len([k for k in a if k.endswith(".arrow")]) == 6
     for name in a:  # shards, manifests and index.json
         assert a[name] == b[name], name
+
+
+def test_ray_shards_identical_to_thread_pool(prefect_server, assets, tmp_path, monkeypatch):
+    """Issue 12 item 12: the Ray runner for real (a local Ray of 2 worker processes, started by the
+    runner as a deployment would with BERGSON_TASK_RUNNER=ray), shards byte-identical to threads."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("prefect_ray")
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.build import build_index
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server["api"])  # Ray's workers report to the same server
+    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
+    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    common = dict(model=assets["model"], dataset=assets["corpus"], id_column="id", shard_size=22, max_length=64,
+                  grad_dtype="float32", progress=False)
+    threads_cfg = BuildConfig(index=str(tmp_path / "threads"), **common)
+    ray_cfg = BuildConfig(index=str(tmp_path / "ray"), **common)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with temporary_settings({PREFECT_API_URL: prefect_server["api"]}):
+            threads = build_index.with_options(task_runner=task_runner(RunnerSettings()))(threads_cfg)
+            runner = task_runner(RunnerSettings(task_runner="ray", ray_address="auto"))
+            on_ray = build_index.with_options(task_runner=runner)(ray_cfg)
+        assert type(runner).__name__ == "GpuRayTaskRunner" and ray.is_initialized()
+    finally:
+        ray.shutdown()
+    assert threads["shards_computed"] == on_ray["shards_computed"] == threads["shards"] == 6
+    a, b = _files(tmp_path / "threads"), _files(tmp_path / "ray")
+    assert sorted(a) == sorted(b) and len([k for k in a if k.endswith(".arrow")]) == 6
+    for name in a:  # shards, manifests and index.json
+        assert a[name] == b[name], name
