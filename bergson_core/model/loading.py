@@ -7,6 +7,7 @@ while the orchestrator boots) share one copy. A lock serialises hooked passes ov
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 from dataclasses import dataclass
 
@@ -82,6 +83,9 @@ def _load(opts: ModelOptions, device: torch.device, dtype: torch.dtype) -> Loade
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"could not load model {opts.model!r}: {first}") from e
+    except pickle.UnpicklingError as e:  # torch.load(weights_only=True) met a pickle that would run code
+        raise InputError(f"could not load model {opts.model!r}: its weights file holds objects a weights-only load "
+                         "refuses (a pickle that runs code); convert it to safetensors") from e
     model.to(device).eval()
     model.requires_grad_(False)
     return LoadedModel(model, tokenizer, device, dtype, threading.Lock())
