@@ -9,8 +9,8 @@ the e_s; under y_s ~ p_s independently E[e_s] = 0, so the cross terms vanish and
 each term an ordinary empirical-Fisher statistic (verified elsewhere against kronfluence). The
 sampler's average over many copies of a document (each copy draws its own labels) must agree with it
 within Monte-Carlo error (the correct sampler: at most 2.2 error bars on any statistic; uniform labels:
-15 or more on every one; the next position's distribution: 24 or more; logits at half temperature:
-5.5 or more)."""
+14.6 or more on every one; the next position's distribution: 24 or more; logits at half temperature:
+5.4 or more)."""
 
 from __future__ import annotations
 
