@@ -14,6 +14,7 @@ def test_quick_benchmark_writes_a_row_per_method(prefect_harness, tmp_path):
     stem = str(tmp_path / "out" / "results")
     result = run_benchmark(str(tmp_path / "work"), stem, quick=True)
     rows = pq.read_table(stem + ".parquet").to_pylist()
+    print("ROWS", [(r["method"], r["lds"], r["lds_stderr"], r["recall@10"], r["mrr"]) for r in rows])
     assert [r["method"] for r in rows] == list(METHODS)
     for r in rows:
         assert -1 <= r["lds"] <= 1 and r["lds_stderr"] > 0
