@@ -1,5 +1,5 @@
 """Options the README promises, each checked for what it changes: `ekfac`'s --exact-max-bytes switch
-between exact and projected mode, --exclude dropping modules, and --dtype auto / --device auto."""
+between exact and projected mode, --exclude dropping modules, --gguf-file, and --dtype auto / --device auto."""
 
 from __future__ import annotations
 
@@ -46,3 +46,14 @@ def test_auto_dtype_and_device():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert resolve_dtype("float64", torch.device("cpu")) == torch.float64
+
+
+def test_gguf_file_option_names_the_same_file_as_a_gguf_path(tmp_path):
+    from bergson_core.config import ModelOptions
+    from bergson_core.model.loading import _split_gguf
+
+    folder = str(tmp_path / "models")
+    as_path = _split_gguf(ModelOptions(model=f"{folder}/m.Q4_1.gguf"))
+    as_option = _split_gguf(ModelOptions(model=folder, gguf_file="m.Q4_1.gguf"))
+    assert as_path == as_option == (folder, "m.Q4_1.gguf")
+    assert _split_gguf(ModelOptions(model=folder)) == (folder, None)  # a plain folder stays a folder
