@@ -15,8 +15,16 @@ from .commands import COMMANDS
 from .startup import quiet_prefect
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints its usage block before an error; a user mistake is one line here, like every
+    other (the subcommand parsers inherit this class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def parser() -> tuple[argparse.ArgumentParser, dict]:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="bergson",
         description="Training-data attribution: which training documents drove a model's behaviour.",
     )

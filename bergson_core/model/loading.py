@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import threading
 from dataclasses import dataclass
 
@@ -89,6 +90,9 @@ def _load(opts: ModelOptions, device: torch.device, dtype: torch.dtype) -> Loade
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"could not load model {opts.model!r}: {first}") from e
+    except pickle.UnpicklingError as e:  # torch.load(weights_only=True) met a pickle that would run code
+        raise InputError(f"could not load model {opts.model!r}: its weights file holds objects a weights-only load "
+                         "refuses (a pickle that runs code); convert it to safetensors") from e
     if dispatch:  # Accelerate placed (and maybe offloaded) the weights; its hooks move activations
         if split_experts(model, dry_run=True):
             raise ConfigError("--device-map does not take mixture-of-experts models yet: drop --device-map")

@@ -49,7 +49,7 @@ def test_user_mistakes_end_in_one_line(run, tmp_path, prefect_api):  # noqa: F81
     args = cli_args(run, out)
     args[1:4] = [run["checkpoints"][0], run["checkpoints"][1], run["checkpoints"][1]]
     res = bergson(args, prefect_api)
-    assert res.returncode != 0
+    assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and "both at step 4" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not out.exists()

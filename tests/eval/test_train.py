@@ -171,8 +171,18 @@ def test_resume_from_checkpoint_is_exact(tok, tmp_path, kind):
     with open(os.path.join(last, STATE_FILE)) as f:
         state = json.load(f)
     assert state["lr_history"] == full.lr_history and state["step"] == full.steps
-    with open(os.path.join(last, OPTIMIZER_FILE), "rb") as f:
-        assert f.read(8) != b"\x80\x04\x95" and not os.path.exists(os.path.join(last, "optimizer.pt"))
+    # safetensors, not a pickle: an 8-byte little-endian header length, a JSON header naming every
+    # parameter's state by key, and the tensor bytes filling exactly the rest of the file
+    path = os.path.join(last, OPTIMIZER_FILE)
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    kinds = ("exp_avg", "exp_avg_sq") if kind == "adamw" else ("momentum_buffer",)
+    params = [name for name, p in straight.named_parameters() if p.requires_grad]
+    assert set(header) == {f"{p}.{k}" for p in params for k in kinds}
+    assert max(v["data_offsets"][1] for v in header.values()) + 8 + size == os.path.getsize(path)
+    assert not os.path.exists(os.path.join(last, "optimizer.pt"))
 
 
 def test_adam_state_feeds_the_adam_normalizer(tok, tmp_path):

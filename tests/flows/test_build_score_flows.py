@@ -75,25 +75,28 @@ def test_score_flow_writes_topk_matching_brute_force(prefect_api, workspace, tmp
 
 
 def test_flows_leave_artifacts(prefect_api, workspace, tmp_path):
+    """Artifacts read back by the flow runs of this test only, so no other test's build or score
+    (which share artifact keys when their spec is the same) can satisfy the assertions."""
     import asyncio
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     cfg = _cfg(workspace, tmp_path / "idx")
-    build_index(cfg)
-    score(ScoreConfig(index=cfg.index, queries=workspace["queries"], top_k=2, output=str(tmp_path / "s")))
+    built = build_index(cfg, return_state=True)
+    scored = score(ScoreConfig(index=cfg.index, queries=workspace["queries"], top_k=2, output=str(tmp_path / "s")),
+                   return_state=True)
+    assert built.is_completed() and scored.is_completed()
 
-    async def kinds():
+    async def of_run(state):
         async with get_client() as client:
-            arts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=cfg.spec_hash()))
-            )
-            topk = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="topk-")))
-            return arts, [a for a in topk if a.type == "table"]
+            run_id = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=run_id))
 
-    arts, tables = asyncio.run(kinds())
+    arts, score_arts = asyncio.run(of_run(built)), asyncio.run(of_run(scored))
     assert {"progress", "markdown"} <= {a.type for a in arts}
-    link = [a for a in arts if a.key.endswith("-index")]  # Prefect stores links as markdown
-    assert any(cfg.index in a.data for a in link)  # other tests' builds share the key (same spec)
+    assert all(cfg.spec_hash() in a.key for a in arts if a.key)
+    link = [a for a in arts if a.key and a.key.endswith("-index")]  # Prefect stores links as markdown
+    assert len(link) == 1 and str(tmp_path / "idx") in link[0].data
+    tables = [a for a in score_arts if a.type == "table"]
     assert tables and "doc_index" in tables[0].data

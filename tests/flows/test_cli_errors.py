@@ -1,12 +1,15 @@
-"""User mistakes through the real console script: one line on stderr, non-zero exit, no traceback,
+"""User mistakes through the real console script: one line on stderr, exit 2, no traceback,
 nothing left behind that a later run would trust."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
 import pytest
+
+from flows.cli import main, parser
 
 from .conftest import write_jsonl
 
@@ -45,7 +48,7 @@ def bad_inputs(workspace, tmp_path):
         ("empty corpus", ["--dataset", "{empty}"], ["no rows"]),
         ("malformed jsonl", ["--dataset", "{broken}"], ["line 2"]),
         ("negative p", ["--projection-dim", "-1"], ["--projection-dim", "greater than or equal to 0"]),
-        ("unknown choice", ["--loss-reduction", "median"], ["invalid choice"]),
+        ("unknown choice", ["--loss-reduction", "median"], ["--loss-reduction", "invalid choice", "'median'"]),
     ],
 )
 def test_bad_build_input(run_cli, workspace, bad_inputs, tmp_path, case, extra, needles):
@@ -53,10 +56,7 @@ def test_bad_build_input(run_cli, workspace, bad_inputs, tmp_path, case, extra, 
     args = ["build", index, "--model", workspace["model"], "--dataset", workspace["corpus"]]
     args += [a.format(**bad_inputs) for a in extra]
     proc = run_cli(*args)
-    if case == "unknown choice":  # argparse's own usage error: exit 2, usage line + error line
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr and "invalid choice" in proc.stderr
-    else:
-        _assert_user_error(proc, *needles)
+    _assert_user_error(proc, *needles)
     _no_trusted_output(index)
 
 
@@ -96,3 +96,39 @@ def test_yaml_config_supplies_options(run_cli, workspace, tmp_path):
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert meta["spec"]["projection_dim"] == 6 and meta["num_shards"] == 2
+
+
+def _argparse_mistakes():
+    """For every subcommand: an unknown flag, each int/float flag given a word, each choice flag given
+    a value outside its choices, and the subcommand without its positional argument."""
+    top, _ = parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    yield "no command", [], "required: COMMAND"
+    yield "unknown command", ["nosuch"], "invalid choice: 'nosuch'"
+    for name, sp in sub.choices.items():
+        positional = [a for a in sp._actions if not a.option_strings and a.nargs is None]
+        base = [name] + ["x"] * len(positional)
+        yield f"{name} unknown flag", [*base, "--no-such-flag"], "unrecognized arguments: --no-such-flag"
+        if positional:
+            yield f"{name} no positional", [name], "required"
+        for a in sp._actions:
+            flag = a.option_strings[-1] if a.option_strings else None
+            if flag and a.type in (int, float):
+                yield f"{name} {flag} word", [*base, flag, "lots"], f"argument {flag}: invalid"
+            elif flag and a.choices:
+                yield f"{name} {flag} choice", [*base, flag, "nosuch"], f"argument {flag}: invalid choice"
+
+
+_MISTAKES = list(_argparse_mistakes())
+
+
+@pytest.mark.parametrize("argv, needle", [m[1:] for m in _MISTAKES], ids=[m[0] for m in _MISTAKES])
+def test_every_argparse_mistake_is_one_line(capsys, argv, needle):
+    """argparse's own errors (usage block + message by default) are one line and exit 2 too."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and not out, err
+    assert lines[0].startswith("bergson") and needle in lines[0] and "--help" in lines[0], lines[0]

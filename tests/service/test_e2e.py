@@ -142,24 +142,26 @@ def test_killed_worker_resumes_without_recomputing(deployed, prefect_client, wor
     worker = workers(POOL, "worker-b")
     # two shards at a time through the `gpu` limit, so that the kill lands mid-build
     prefect_client.create_concurrency_limit(tag="gpu", concurrency_limit=2)
-    run = run_deployment("build-index/build-index", timeout=0,
-                         parameters=_build_params(assets, f"s3://{BUCKET}/{index_prefix}"))
-    wait_until(lambda: len(_manifests(s3, index_prefix)) >= 3 and "Completed" in _task_states(prefect_client, run.id),
-               180, "3 finished shards", 0.2, worker.proc, worker.log)
-    assert str(run.id) in worker.log.read_text(), "the run was not executed by worker-b"
-    worker.kill()  # the machine disappears mid-run
-    completed_before = _task_states(prefect_client, run.id).count("Completed")
-    done = _manifests(s3, index_prefix)
-    assert 3 <= len(done) < shards, "the build finished before the kill: use more or bigger shards"
-    before = {k: (o["ETag"], o["LastModified"]) for k, o in _objects(s3, index_prefix + "/grads/").items()
-              if k.replace(".arrow", ".json") in done}
-    assert len(before) == 2 * len(done)
+    try:  # the shared server's `gpu` limit is restored even when an assertion below fails
+        run = run_deployment("build-index/build-index", timeout=0,
+                             parameters=_build_params(assets, f"s3://{BUCKET}/{index_prefix}"))
+        wait_until(lambda: len(_manifests(s3, index_prefix)) >= 3 and "Completed" in _task_states(prefect_client, run.id),
+                   180, "3 finished shards", 0.2, worker.proc, worker.log)
+        assert str(run.id) in worker.log.read_text(), "the run was not executed by worker-b"
+        worker.kill()  # the machine disappears mid-run
+        completed_before = _task_states(prefect_client, run.id).count("Completed")
+        done = _manifests(s3, index_prefix)
+        assert 3 <= len(done) < shards, "the build finished before the kill: use more or bigger shards"
+        before = {k: (o["ETag"], o["LastModified"]) for k, o in _objects(s3, index_prefix + "/grads/").items()
+                  if k.replace(".arrow", ".json") in done}
+        assert len(before) == 2 * len(done)
 
-    # the operator's view: the run is stuck in Running; mark it crashed, free the slots its tasks held
-    # and retry it (what the UI's "Change state" and "Retry" buttons do)
-    assert prefect_client.read_flow_run(run.id).state.is_running()
-    prefect_client.set_flow_run_state(run.id, Crashed(message="worker-b was killed"), force=True)
-    prefect_client.create_concurrency_limit(tag="gpu", concurrency_limit=GPU_LIMIT)
+        # the operator's view: the run is stuck in Running; mark it crashed, free the slots its tasks held
+        # and retry it (what the UI's "Change state" and "Retry" buttons do)
+        assert prefect_client.read_flow_run(run.id).state.is_running()
+        prefect_client.set_flow_run_state(run.id, Crashed(message="worker-b was killed"), force=True)
+    finally:
+        prefect_client.create_concurrency_limit(tag="gpu", concurrency_limit=GPU_LIMIT)
     for cmd in (["concurrency-limit", "reset", "gpu"], ["flow-run", "retry", str(run.id)]):
         r = prefect_cli(client_env, *cmd)
         assert r.returncode == 0, r.stdout + r.stderr

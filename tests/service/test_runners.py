@@ -69,7 +69,9 @@ def test_dask_cluster_shards_identical_to_thread_pool(prefect_server, assets, tm
             workers = set(client.scheduler_info()["workers"])
 
     assert threads["shards_computed"] == on_dask["shards_computed"] == threads["shards"] == 6
-    assert {t["worker"] for t in stream.data} == workers  # both processes computed shards
+    # the shards ran in the cluster's worker processes (which of the two gets work is Dask's choice:
+    # requiring both made the test fail whenever one worker took every shard)
+    assert stream.data and {t["worker"] for t in stream.data} <= workers
     assert os.getpid() not in worker_pids and len(worker_pids) == 2
     a, b = _files(tmp_path / "threads"), _files(tmp_path / "dask")
     assert sorted(a) == sorted(b) and len([k for k in a if k.endswith(".arrow")]) == 6
