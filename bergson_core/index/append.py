@@ -26,9 +26,16 @@ CORPUS_KEY = "corpus"  # the segment list in index.json
 
 
 def used_columns(spec: dict) -> list[str]:
-    """Columns whose values decide the stored rows (text or prompt/completion, and the ids)."""
-    cols = [spec["prompt_column"], spec["completion_column"]] if spec.get("prompt_column") else [spec["text_column"]]
-    return [c for c in cols + [spec.get("id_column")] if c]
+    """Columns whose values decide the stored rows (a conversation, text or prompt/completion, the
+    rejected completion and reward where given, and the ids)."""
+    if spec.get("conversation_column"):
+        cols = [spec["conversation_column"]]
+    elif spec.get("prompt_column"):
+        cols = [spec["prompt_column"], spec["completion_column"]]
+    else:
+        cols = [spec["text_column"]]
+    cols += [spec.get(k) for k in ("rejected_column", "reward_column", "id_column")]
+    return [c for c in cols if c]
 
 
 def prefix_fingerprints(corpus, columns: list[str], at: list[int]) -> dict[int, str]:
