@@ -24,8 +24,8 @@ from .. import fs as fsu
 from ..config import CODE_VERSION, spec_hash
 from ..config.curvature import EkfacConfig, FitConfig, FitOptions, apply_options
 from ..errors import ConfigError, StoreError
-from ..index.append import check_sources, index_docs, several_sources, shard_ranges
-from ..index.build import check_data_columns, load_for_spec, open_corpus
+from ..index.append import index_docs, shard_ranges
+from ..index.build import check_data_columns, load_for_index, load_for_spec, open_corpus
 from ..index.store import Index, grad_matrix
 from ..scoring.score import index_build_config
 from .io import PRECOND_MANIFEST, precond_dir, stats_dir, stats_name
@@ -84,13 +84,7 @@ def _query_manifest(cfg: FitConfig) -> dict:
 def check_model(cfg: FitConfig, meta: dict):
     """Load the model (cached) and corpus of the index; refuse a different layout or corpus."""
     bcfg = index_build_config(meta, cfg)
-    loaded, modules, corpus = load_for_spec(bcfg)
-    if [m.to_json() for m in modules] != meta["modules"]:
-        raise StoreError(f"the model's module layout differs from index {cfg.index}: fit with the model it was built with")
-    if several_sources(meta):  # an index grown with --append from other files: each must be unchanged
-        check_sources(meta, bcfg.storage_options, cfg.index)
-    elif corpus.fingerprint != meta["dataset"]["fingerprint"]:
-        raise StoreError(f"the corpus {bcfg.dataset} changed since index {cfg.index} was built: rebuild the index")
+    loaded, modules, corpus = load_for_index(bcfg, meta, cfg.index, "fit")
     check_data_columns(corpus, bcfg.text_column, bcfg.prompt_column, bcfg.completion_column, bcfg.id_column,
                        bcfg.conversation_column)
     return bcfg, loaded, modules, corpus

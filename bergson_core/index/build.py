@@ -18,7 +18,7 @@ from ..config import CODE_VERSION, BuildConfig
 from ..data.chat import check_chat_template, check_conversations
 from ..data.corpus import Corpus, check_columns, load_corpus, tokenize_rows
 from ..data.rewards import advantages
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from ..gradients.extract import compute_gradients, tracked_modules
 from ..guards import check_row_size
 from ..heap import release_free_memory
@@ -193,6 +193,21 @@ def prepare_build(cfg: BuildConfig, write: bool = True) -> BuildPlan:
 def load_for_spec(cfg: BuildConfig) -> tuple[LoadedModel, list[ModuleInfo], Corpus]:
     loaded = load_model(cfg)
     return loaded, tracked_modules(loaded, cfg), open_corpus(cfg.dataset, cfg.split, cfg.storage_options)
+
+
+def load_for_index(bcfg: BuildConfig, meta: dict, index_url: str, verb: str) -> tuple[LoadedModel, list[ModuleInfo], Corpus]:
+    """load_for_spec for work on an existing index (`verb`: what the user runs, for the message):
+    refuse a model whose module layout differs, or a corpus (or appended source) that changed."""
+    from .append import check_sources, several_sources
+
+    loaded, modules, corpus = load_for_spec(bcfg)
+    if [m.to_json() for m in modules] != meta["modules"]:
+        raise StoreError(f"the model's module layout differs from index {index_url}: {verb} with the model it was built with")
+    if several_sources(meta):  # an index grown with --append from other files: each must be unchanged
+        check_sources(meta, bcfg.storage_options, index_url)
+    elif corpus.fingerprint != meta["dataset"]["fingerprint"]:
+        raise StoreError(f"the corpus {bcfg.dataset} changed since index {index_url} was built: rebuild the index")
+    return loaded, modules, corpus
 
 
 def build_shard(cfg: BuildConfig, shard: int, start: int, stop: int, on_batch=None) -> dict:

@@ -144,8 +144,8 @@ def recompute_topk(cfg: ScoreConfig, on_rows=None) -> dict:
     dtype exactly as the store would hold them, scored and dropped. Memory does not grow with the
     corpus, and the scores are those run_topk gives on the built index. Needs only index.json."""
     from ..gradients.extract import compute_gradients
-    from ..index.append import check_sources, index_docs, several_sources, shard_ranges
-    from ..index.build import load_for_spec, open_normalizers
+    from ..index.append import index_docs, shard_ranges
+    from ..index.build import load_for_index, open_normalizers
     from .score import BlockDecoder, TopK, prepare_queries, rows_per_block, score_block
 
     index = Index(cfg.index, cfg.storage_options)
@@ -155,13 +155,7 @@ def recompute_topk(cfg: ScoreConfig, on_rows=None) -> dict:
     q, qman = load_query_gradients(cfg)
     t0 = time.perf_counter()
     bcfg = index_build_config(meta, cfg)
-    loaded, modules, corpus = load_for_spec(bcfg)
-    if [m.to_json() for m in modules] != meta["modules"]:
-        raise StoreError(f"the model's module layout differs from index {cfg.index}: score with the model it was built with")
-    if several_sources(meta):  # an index grown with --append from other files: each must be unchanged
-        check_sources(meta, bcfg.storage_options, cfg.index)
-    elif corpus.fingerprint != meta["dataset"]["fingerprint"]:
-        raise StoreError(f"the corpus {bcfg.dataset} changed since index {cfg.index} was built: rebuild the index")
+    loaded, modules, corpus = load_for_index(bcfg, meta, cfg.index, "score")
     normalizers = open_normalizers(bcfg, loaded, modules)
     qt = prepare_queries(q if transform is None else transform(q), cfg.metric, cfg.aggregate, dtype)
     top = TopK(1 if cfg.aggregate in ("mean", "max") else qt.shape[0], cfg.top_k, dtype)
